@@ -1,0 +1,77 @@
+//! MLP activations: exact GELU, tanh GELU, and SwiGLU (silu(gate) * up, gate and up stacked
+//! in one [rows, 2 * inter] buffer: gate first, as we fuse the two projections at load).
+
+use crate::model::config::Activation;
+use rayon::prelude::*;
+
+const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+const GELU_TANH_C: f32 = 0.044_715;
+
+fn gelu(x: f32) -> f32 {
+    0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+fn gelu_grad(x: f32) -> f32 {
+    let cdf = 0.5 * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2));
+    let pdf = (-0.5 * x * x).exp() * 0.398_942_3;
+    cdf + x * pdf
+}
+fn gelu_tanh(x: f32) -> f32 {
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + GELU_TANH_C * x * x * x)).tanh())
+}
+fn gelu_tanh_grad(x: f32) -> f32 {
+    let u = SQRT_2_OVER_PI * (x + GELU_TANH_C * x * x * x);
+    let t = u.tanh();
+    let du = SQRT_2_OVER_PI * (1.0 + 3.0 * GELU_TANH_C * x * x);
+    0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du
+}
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+pub fn activation_fwd(act: Activation, out: &mut [f32], u: &[f32], inter: usize) {
+    match act {
+        Activation::Gelu => out
+            .par_iter_mut()
+            .zip(u.par_iter())
+            .for_each(|(o, &x)| *o = gelu(x)),
+        Activation::GeluTanh => out
+            .par_iter_mut()
+            .zip(u.par_iter())
+            .for_each(|(o, &x)| *o = gelu_tanh(x)),
+        Activation::SiluGated => out
+            .par_chunks_mut(inter)
+            .zip(u.par_chunks(2 * inter))
+            .for_each(|(o, ur)| {
+                let (g, up) = ur.split_at(inter);
+                for i in 0..inter {
+                    o[i] = g[i] * sigmoid(g[i]) * up[i];
+                }
+            }),
+    }
+}
+
+pub fn activation_bwd(act: Activation, du: &mut [f32], dout: &[f32], u: &[f32], inter: usize) {
+    match act {
+        Activation::Gelu => du
+            .par_iter_mut()
+            .zip(dout.par_iter().zip(u.par_iter()))
+            .for_each(|(d, (&g, &x))| *d = g * gelu_grad(x)),
+        Activation::GeluTanh => du
+            .par_iter_mut()
+            .zip(dout.par_iter().zip(u.par_iter()))
+            .for_each(|(d, (&g, &x))| *d = g * gelu_tanh_grad(x)),
+        Activation::SiluGated => du
+            .par_chunks_mut(2 * inter)
+            .zip(dout.par_chunks(inter).zip(u.par_chunks(2 * inter)))
+            .for_each(|(dr, (gr, ur))| {
+                let (g, up) = ur.split_at(inter);
+                let (dg, dup) = dr.split_at_mut(inter);
+                for i in 0..inter {
+                    let s = sigmoid(g[i]);
+                    let silu = g[i] * s;
+                    dup[i] = gr[i] * silu;
+                    dg[i] = gr[i] * up[i] * s * (1.0 + g[i] * (1.0 - s));
+                }
+            }),
+    }
+}

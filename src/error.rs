@@ -1,0 +1,60 @@
+//! One error type for the library: every variant names the file, tensor or field at fault,
+//! so a user can act on the message without a debugger.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file exists but its content is not what it claims to be.
+    #[error("{path}: {msg}")]
+    Format { path: PathBuf, msg: String },
+    /// config.json is readable but a field is missing, wrong or unsupported.
+    #[error("config.json field `{field}`: {msg}")]
+    Config { field: String, msg: String },
+    /// A tensor is missing or its dtype/shape disagrees with config.json.
+    #[error("tensor `{name}`: {msg}")]
+    Tensor { name: String, msg: String },
+    /// Caller input (token ids, lengths, batch shapes) is invalid.
+    #[error("invalid input: {0}")]
+    Input(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+    pub fn format(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
+        Error::Format {
+            path: path.into(),
+            msg: msg.into(),
+        }
+    }
+    pub fn config(field: impl Into<String>, msg: impl Into<String>) -> Self {
+        Error::Config {
+            field: field.into(),
+            msg: msg.into(),
+        }
+    }
+    pub fn tensor(name: impl Into<String>, msg: impl Into<String>) -> Self {
+        Error::Tensor {
+            name: name.into(),
+            msg: msg.into(),
+        }
+    }
+    pub fn input(msg: impl Into<String>) -> Self {
+        Error::Input(msg.into())
+    }
+}

@@ -1,0 +1,15 @@
+//! armsrace: adversarial attacks on language models, with CPU and CUDA backends.
+//!
+//! The model (GPTNeoX and Qwen2, as classifiers or causal LMs) is written once against the
+//! [`backend::Backend`] trait; [`backend::cpu::Cpu`] is the reference backend.
+
+pub mod backend;
+pub mod error;
+pub mod model;
+pub mod tokenize;
+
+pub use backend::cpu::Cpu;
+pub use error::{Error, Result};
+pub use model::batch::Batch;
+pub use model::config::ModelConfig;
+pub use model::{GradRequest, LossGrads, Model, Objective};

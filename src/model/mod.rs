@@ -1,0 +1,473 @@
+//! Hugging Face GPTNeoX / Qwen2 checkpoints as one model type over any Backend.
+
+pub mod batch;
+pub mod config;
+pub mod safetensors_store;
+pub mod transformer;
+pub mod weights;
+
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use batch::Batch;
+use config::{HeadKind, ModelConfig};
+use rand::{Rng, SeedableRng};
+use rayon::prelude::*;
+use safetensors_store::SafetensorsStore;
+use std::path::Path;
+use transformer::{backward_stack, forward_stack, PrefixCache, StackInput, Trace};
+use weights::{load_spec, param_specs, Slot, Weights};
+
+/// What a loss is computed against.
+#[derive(Clone, Debug)]
+pub enum Objective {
+    /// Classifier cross-entropy against one label per sequence.
+    Classify { labels: Vec<u32> },
+    /// Causal-LM target-string cross-entropy: `mask[b * seq + t]` marks token t of sequence b
+    /// as a target, predicted from position t - 1. Loss per sequence = mean over its targets.
+    Target { mask: Vec<bool> },
+}
+
+/// Which gradients a loss pass should produce.
+#[derive(Clone, Debug, Default)]
+pub struct GradRequest {
+    /// Rows (batch * seq indices) whose one-hot gradient [rows, vocab] is wanted.
+    pub onehot_rows: Option<Vec<usize>>,
+    /// Gradients of every weight (training).
+    pub weights: bool,
+}
+
+pub struct LossGrads {
+    pub loss_per_seq: Vec<f32>,
+    /// Logits at the rows the loss reads ([sequences, labels] for a classifier).
+    pub logits: Vec<f32>,
+    /// [onehot_rows.len(), vocab], in the order requested.
+    pub onehot_grad: Option<Vec<f32>>,
+    pub weight_grads: Option<Weights<Vec<f32>>>,
+}
+
+pub struct Model<B: Backend> {
+    pub cfg: ModelConfig,
+    pub weights: Weights<B::Buf>,
+    pub backend: B,
+}
+
+/// Rows a loss reads, their target classes and scale, and the sequence each belongs to.
+struct LossRows {
+    rows: Vec<usize>,
+    targets: Vec<u32>,
+    scale: Vec<f32>,
+    seq_of: Vec<usize>,
+}
+
+impl<B: Backend> Model<B> {
+    /// Loads `dir/config.json` and the safetensors weights (converted to f32).
+    pub fn load(dir: &Path, backend: B) -> Result<Self> {
+        if !dir.is_dir() {
+            return Err(Error::format(dir, "model directory does not exist"));
+        }
+        let cfg = ModelConfig::from_file(&dir.join("config.json"))?;
+        let store = SafetensorsStore::open_dir(dir)?;
+        Self::from_store(cfg, &store, backend)
+    }
+
+    pub fn from_store(cfg: ModelConfig, store: &SafetensorsStore, backend: B) -> Result<Self> {
+        let weights = Weights::build(&cfg, |spec| {
+            let data = load_spec(store, &cfg, spec)?;
+            Ok(backend.upload(&data))
+        })?;
+        Ok(Model {
+            cfg,
+            weights,
+            backend,
+        })
+    }
+
+    pub fn from_host_weights(cfg: ModelConfig, w: &Weights<Vec<f32>>, backend: B) -> Self {
+        let weights = w.map(&cfg, |_, v| backend.upload(v));
+        Model {
+            cfg,
+            weights,
+            backend,
+        }
+    }
+
+    /// Random weights at the config's shapes (benchmarks and from-scratch training):
+    /// matrices ~ N(0, std^2), norm weights 1, biases 0, deterministic for a seed.
+    pub fn random(cfg: ModelConfig, seed: u64, std: f32, backend: B) -> Self {
+        let host = random_weights(&cfg, seed, std);
+        Self::from_host_weights(cfg, &host, backend)
+    }
+
+    /// Parameter count as the study counts it: input embeddings in, LM head out.
+    pub fn param_count(&self) -> usize {
+        param_count(&self.cfg)
+    }
+
+    pub fn download_weights(&self) -> Weights<Vec<f32>> {
+        self.weights.map(&self.cfg, |_, b| self.backend.download(b))
+    }
+
+    fn head_matrix(&self) -> &B::Buf {
+        self.weights.head.as_ref().unwrap_or(&self.weights.embed)
+    }
+
+    fn head_width(&self) -> usize {
+        self.cfg.num_labels().unwrap_or(self.cfg.vocab)
+    }
+
+    fn run_stack(
+        &self,
+        batch: &Batch,
+        prefix: Option<&PrefixCache<B::Buf>>,
+        keep: bool,
+    ) -> Result<Trace<B::Buf>> {
+        batch.check_vocab(self.cfg.vocab)?;
+        if batch.lens.len() != batch.batch || batch.ids.len() != batch.rows() {
+            return Err(Error::input(
+                "batch shape is inconsistent (ids, lens, batch x seq)",
+            ));
+        }
+        Ok(forward_stack(
+            &self.backend,
+            &self.cfg,
+            &self.weights,
+            StackInput {
+                ids: &batch.ids,
+                batch: batch.batch,
+                seq: batch.seq,
+                lens: &batch.lens,
+                prefix,
+                keep,
+                keep_qkv: false,
+            },
+        ))
+    }
+
+    /// Final norm + head on selected rows of the residual stream: [rows.len(), head width].
+    fn head_forward(
+        &self,
+        x_out: &B::Buf,
+        rows: &[usize],
+    ) -> (B::Buf, B::Buf, B::Buf, B::Buf, B::Buf) {
+        let (be, h, r) = (&self.backend, self.cfg.hidden, rows.len());
+        let mut xf = be.zeros(r * h);
+        be.gather_rows(&mut xf, x_out, rows, h);
+        let mut nf = be.zeros(r * h);
+        let mut mean = be.zeros(r);
+        let mut rstd = be.zeros(r);
+        let w = &self.weights;
+        be.norm(
+            self.cfg.norm,
+            &mut nf,
+            &mut mean,
+            &mut rstd,
+            &xf,
+            &w.final_w,
+            w.final_b.as_ref(),
+            r,
+            h,
+            self.cfg.norm_eps,
+        );
+        let c = self.head_width();
+        let mut logits = be.zeros(r * c);
+        be.matmul(&mut logits, &nf, self.head_matrix(), None, r, h, c, false);
+        (logits, xf, nf, mean, rstd)
+    }
+
+    /// Classifier: logits [batch, labels] at each sequence's last real token.
+    /// Causal LM: logits [batch * seq, vocab] at every position (pad rows included).
+    pub fn logits(&self, batch: &Batch) -> Result<Vec<f32>> {
+        let trace = self.run_stack(batch, None, false)?;
+        let rows: Vec<usize> = match self.cfg.head {
+            HeadKind::Classifier { .. } => batch.last_rows()?,
+            HeadKind::CausalLm => (0..batch.rows()).collect(),
+        };
+        Ok(self
+            .backend
+            .download(&self.head_forward(&trace.x_out, &rows).0))
+    }
+
+    /// Runs `ids` once and keeps every layer's keys and values for continuations.
+    pub fn prefix_cache(&self, ids: &[u32]) -> Result<PrefixCache<B::Buf>> {
+        if ids.is_empty() {
+            return Err(Error::input("empty prefix"));
+        }
+        let batch = Batch {
+            ids: ids.to_vec(),
+            batch: 1,
+            seq: ids.len(),
+            lens: vec![ids.len()],
+        };
+        batch.check_vocab(self.cfg.vocab)?;
+        let trace = forward_stack(
+            &self.backend,
+            &self.cfg,
+            &self.weights,
+            StackInput {
+                ids,
+                batch: 1,
+                seq: ids.len(),
+                lens: &batch.lens,
+                prefix: None,
+                keep: false,
+                keep_qkv: true,
+            },
+        );
+        Ok(PrefixCache {
+            len: ids.len(),
+            ids: ids.to_vec(),
+            layers: trace.qkv_per_layer,
+        })
+    }
+
+    /// Logits of continuations run against a cached prefix; `batch` holds only the new
+    /// tokens. Same row conventions as `logits` (rows index the continuation batch).
+    pub fn logits_with_prefix(
+        &self,
+        cache: &PrefixCache<B::Buf>,
+        batch: &Batch,
+    ) -> Result<Vec<f32>> {
+        let trace = self.run_stack(batch, Some(cache), false)?;
+        let rows: Vec<usize> = match self.cfg.head {
+            HeadKind::Classifier { .. } => batch.last_rows()?,
+            HeadKind::CausalLm => (0..batch.rows()).collect(),
+        };
+        Ok(self
+            .backend
+            .download(&self.head_forward(&trace.x_out, &rows).0))
+    }
+
+    /// Per-sequence losses of continuations against a cached prefix (no gradients).
+    pub fn loss_with_prefix(
+        &self,
+        cache: &PrefixCache<B::Buf>,
+        batch: &Batch,
+        objective: &Objective,
+    ) -> Result<Vec<f32>> {
+        let lr = self.loss_rows(batch, objective)?;
+        let trace = self.run_stack(batch, Some(cache), false)?;
+        let (logits, ..) = self.head_forward(&trace.x_out, &lr.rows);
+        let mut dl = self.backend.zeros(self.backend.len(&logits));
+        let losses =
+            self.backend
+                .cross_entropy(&mut dl, &logits, &lr.targets, &lr.scale, self.head_width());
+        Ok(per_sequence(&lr, &losses, batch.batch))
+    }
+
+    fn loss_rows(&self, batch: &Batch, objective: &Objective) -> Result<LossRows> {
+        match (objective, self.cfg.head) {
+            (Objective::Classify { labels }, HeadKind::Classifier { num_labels }) => {
+                if labels.len() != batch.batch {
+                    return Err(Error::input(format!(
+                        "{} labels for {} sequences",
+                        labels.len(),
+                        batch.batch
+                    )));
+                }
+                if let Some(&l) = labels.iter().find(|&&l| l as usize >= num_labels) {
+                    return Err(Error::input(format!(
+                        "label {l} out of range for {num_labels} classes"
+                    )));
+                }
+                Ok(LossRows {
+                    rows: batch.last_rows()?,
+                    targets: labels.clone(),
+                    scale: vec![1.0; batch.batch],
+                    seq_of: (0..batch.batch).collect(),
+                })
+            }
+            (Objective::Target { mask }, HeadKind::CausalLm) => {
+                if mask.len() != batch.rows() {
+                    return Err(Error::input(format!(
+                        "target mask has {} entries, batch has {}",
+                        mask.len(),
+                        batch.rows()
+                    )));
+                }
+                let mut lr = LossRows {
+                    rows: vec![],
+                    targets: vec![],
+                    scale: vec![],
+                    seq_of: vec![],
+                };
+                for b in 0..batch.batch {
+                    let ts: Vec<usize> = (0..batch.seq)
+                        .filter(|&t| mask[b * batch.seq + t])
+                        .collect();
+                    if ts.is_empty() {
+                        return Err(Error::input(format!("sequence {b} has no target tokens")));
+                    }
+                    if let Some(&t) = ts.iter().find(|&&t| t == 0 || t >= batch.lens[b]) {
+                        return Err(Error::input(format!(
+                            "sequence {b}: target position {t} must be in 1..{} (it is predicted from t - 1)",
+                            batch.lens[b]
+                        )));
+                    }
+                    for &t in &ts {
+                        lr.rows.push(b * batch.seq + t - 1);
+                        lr.targets.push(batch.ids[b * batch.seq + t]);
+                        lr.scale.push(1.0 / ts.len() as f32);
+                        lr.seq_of.push(b);
+                    }
+                }
+                Ok(lr)
+            }
+            (Objective::Classify { .. }, HeadKind::CausalLm) => Err(Error::input(
+                "a classification objective needs a classifier checkpoint (with a `score` head)",
+            )),
+            (Objective::Target { .. }, HeadKind::Classifier { .. }) => Err(Error::input(
+                "a target-string objective needs a causal-LM checkpoint",
+            )),
+        }
+    }
+
+    /// Loss per sequence (their sum is what the gradients are of), plus the requested gradients.
+    pub fn loss_and_grads(
+        &self,
+        batch: &Batch,
+        objective: &Objective,
+        req: &GradRequest,
+    ) -> Result<LossGrads> {
+        let lr = self.loss_rows(batch, objective)?;
+        if let Some(rows) = &req.onehot_rows {
+            if let Some(&r) = rows.iter().find(|&&r| r >= batch.rows()) {
+                return Err(Error::input(format!(
+                    "one-hot gradient row {r} is outside the batch ({} rows)",
+                    batch.rows()
+                )));
+            }
+        }
+        let be = &self.backend;
+        let (h, c, rows) = (self.cfg.hidden, self.head_width(), batch.rows());
+        let trace = self.run_stack(batch, None, true)?;
+        let (logits, _xf, nf, mean, rstd) = self.head_forward(&trace.x_out, &lr.rows);
+        let r = lr.rows.len();
+        let mut dlogits = be.zeros(r * c);
+        let losses = be.cross_entropy(&mut dlogits, &logits, &lr.targets, &lr.scale, c);
+        let loss_per_seq = per_sequence(&lr, &losses, batch.batch);
+
+        let mut grads = req
+            .weights
+            .then(|| self.weights.map(&self.cfg, |_, b| be.zeros(be.len(b))));
+        let w = &self.weights;
+        let mut dnf = be.zeros(r * h);
+        let dhead = grads.as_mut().map(|g| match g.head.as_mut() {
+            Some(hd) => hd,
+            None => &mut g.embed,
+        });
+        be.matmul_bwd(
+            Some((&mut dnf, false)),
+            dhead,
+            None,
+            &dlogits,
+            &nf,
+            self.head_matrix(),
+            r,
+            h,
+            c,
+        );
+        let mut dxf = be.zeros(r * h);
+        let (gfw, gfb) = match grads.as_mut() {
+            Some(g) => (Some(&mut g.final_w), g.final_b.as_mut()),
+            None => (None, None),
+        };
+        let xf = _xf;
+        be.norm_bwd(
+            self.cfg.norm,
+            &mut dxf,
+            gfw,
+            gfb,
+            &dnf,
+            &xf,
+            &mean,
+            &rstd,
+            &w.final_w,
+            r,
+            h,
+        );
+        let mut dx = be.zeros(rows * h);
+        be.scatter_add_rows(&mut dx, &dxf, &lr.rows, h);
+        let demb = backward_stack(
+            be,
+            &self.cfg,
+            w,
+            &trace,
+            &batch.lens,
+            batch.batch,
+            dx,
+            grads.as_mut(),
+        );
+
+        let onehot_grad = req.onehot_rows.as_ref().map(|sel| {
+            let mut d = be.zeros(sel.len() * h);
+            be.gather_rows(&mut d, &demb, sel, h);
+            let mut oh = be.zeros(sel.len() * self.cfg.vocab);
+            // d loss / d onehot = d loss / d embedding_row . E^T
+            be.matmul(
+                &mut oh,
+                &d,
+                &w.embed,
+                None,
+                sel.len(),
+                h,
+                self.cfg.vocab,
+                false,
+            );
+            be.download(&oh)
+        });
+        if let Some(g) = grads.as_mut() {
+            be.embed_bwd(&mut g.embed, &demb, &batch.ids, h);
+        }
+        Ok(LossGrads {
+            loss_per_seq,
+            logits: be.download(&logits),
+            onehot_grad,
+            weight_grads: grads.map(|g| g.map(&self.cfg, |_, b| be.download(b))),
+        })
+    }
+}
+
+fn per_sequence(lr: &LossRows, losses: &[f32], n: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; n];
+    for (i, &l) in losses.iter().enumerate() {
+        out[lr.seq_of[i]] += l * lr.scale[i];
+    }
+    out
+}
+
+/// Parameter count as the study counts it: input embeddings in, LM head out.
+pub fn param_count(cfg: &ModelConfig) -> usize {
+    param_specs(cfg)
+        .iter()
+        .filter(|s| !(s.slot == Slot::Head && cfg.head == HeadKind::CausalLm))
+        .map(|s| s.numel())
+        .sum()
+}
+
+pub fn random_weights(cfg: &ModelConfig, seed: u64, std: f32) -> Weights<Vec<f32>> {
+    let mut counter = 0u64;
+    Weights::build(cfg, |spec| {
+        counter += 1;
+        let is_norm_w = matches!(spec.slot, Slot::Ln1W(_) | Slot::Ln2W(_) | Slot::FinalW);
+        let is_bias = spec.cols == 1 && !is_norm_w;
+        let mut v = vec![0.0f32; spec.numel()];
+        if is_norm_w {
+            v.fill(1.0);
+        } else if !is_bias {
+            let stream = counter;
+            v.par_chunks_mut(1 << 16)
+                .enumerate()
+                .for_each(|(ci, chunk)| {
+                    let mut rng =
+                        rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ (stream << 40) ^ ci as u64);
+                    for x in chunk {
+                        // Irwin-Hall(4) approximation of a normal: cheap and plenty for init.
+                        let s: f32 = (0..4).map(|_| rng.random::<f32>()).sum::<f32>() - 2.0;
+                        *x = s * std * 1.732_050_8;
+                    }
+                });
+        }
+        Ok(v)
+    })
+    .expect("infallible")
+}
