@@ -159,18 +159,15 @@ impl ModelConfig {
             .and_then(Value::as_str)
             .map(str::to_owned);
         let act_name = v.get("hidden_act").and_then(Value::as_str);
+        check_rope_type(v)?;
 
         let cfg = match arch {
             Arch::GptNeoX => {
-                let rotary_pct = v.get("rotary_pct").and_then(Value::as_f64).unwrap_or(1.0);
+                let rotary_pct = rope_f64(v, &["partial_rotary_factor", "rotary_pct"]).unwrap_or(1.0);
                 if !(0.0..=1.0).contains(&rotary_pct) {
                     return Err(Error::config("rotary_pct", "must lie in [0, 1]"));
                 }
-                let rope_base = v
-                    .get("rotary_emb_base")
-                    .or_else(|| v.get("rope_theta"))
-                    .and_then(Value::as_f64)
-                    .unwrap_or(10000.0);
+                let rope_base = rope_f64(v, &["rope_theta", "rotary_emb_base"]).unwrap_or(10000.0);
                 let act = match act_name.unwrap_or("gelu") {
                     "gelu" => Activation::Gelu,
                     "gelu_new" | "gelu_fast" | "gelu_pytorch_tanh" => Activation::GeluTanh,
@@ -304,4 +301,35 @@ fn num_labels(v: &Value) -> Result<usize> {
         // transformers' PretrainedConfig default
         _ => Ok(2),
     }
+}
+
+/// A rotary setting from `rope_parameters` (transformers >= 5) or the top level (older files).
+fn rope_f64(v: &Value, keys: &[&str]) -> Option<f64> {
+    let nested = v.get("rope_parameters");
+    keys.iter().find_map(|k| {
+        nested
+            .and_then(|n| n.get(*k))
+            .or_else(|| v.get(*k))
+            .and_then(Value::as_f64)
+    })
+}
+
+/// Only plain rotary is implemented; scaled variants (linear, yarn, dynamic...) would give
+/// silently wrong logits, so they are refused by name.
+fn check_rope_type(v: &Value) -> Result<()> {
+    for field in ["rope_parameters", "rope_scaling"] {
+        if let Some(kind) = v
+            .get(field)
+            .and_then(|r| r.get("rope_type").or_else(|| r.get("type")))
+            .and_then(Value::as_str)
+        {
+            if kind != "default" {
+                return Err(Error::config(
+                    field,
+                    format!("rope_type `{kind}` is not supported (only `default`)"),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
