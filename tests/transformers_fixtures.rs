@@ -34,7 +34,11 @@ fn check_fixture(name: &str) {
         HeadKind::CausalLm => {
             // Only real positions are meaningful (the reference zeroes pad rows).
             let keep = |x: &[f32]| -> Vec<f32> {
-                x.chunks(v).zip(mask).filter(|(_, &m)| m == 1).flat_map(|(c, _)| c.to_vec()).collect()
+                x.chunks(v)
+                    .zip(mask)
+                    .filter(|(_, &m)| m == 1)
+                    .flat_map(|(c, _)| c.to_vec())
+                    .collect()
             };
             assert_close(&format!("{name} logits"), &keep(&logits), &keep(want), TOL);
         }
@@ -42,26 +46,49 @@ fn check_fixture(name: &str) {
 
     // Loss, one-hot gradient and weight gradients.
     let objective = match model.cfg.head {
-        HeadKind::Classifier { .. } => {
-            Objective::Classify { labels: i64s(&r, "labels").0.iter().map(|&x| x as u32).collect() }
-        }
-        HeadKind::CausalLm => Objective::Target { mask: i64s(&r, "target_mask").0.iter().map(|&x| x == 1).collect() },
+        HeadKind::Classifier { .. } => Objective::Classify {
+            labels: i64s(&r, "labels").0.iter().map(|&x| x as u32).collect(),
+        },
+        HeadKind::CausalLm => Objective::Target {
+            mask: i64s(&r, "target_mask").0.iter().map(|&x| x == 1).collect(),
+        },
     };
-    let req = GradRequest { onehot_rows: Some((0..b * t).collect()), weights: true };
+    let req = GradRequest {
+        onehot_rows: Some((0..b * t).collect()),
+        weights: true,
+    };
     let out = model.loss_and_grads(&batch, &objective, &req).unwrap();
-    assert_close(&format!("{name} loss_per_seq"), &out.loss_per_seq, f32s(&r, "loss_per_seq"), TOL);
-    assert_close(&format!("{name} onehot_grad"), out.onehot_grad.as_ref().unwrap(), f32s(&r, "onehot_grad"), TOL);
+    assert_close(
+        &format!("{name} loss_per_seq"),
+        &out.loss_per_seq,
+        f32s(&r, "loss_per_seq"),
+        TOL,
+    );
+    assert_close(
+        &format!("{name} onehot_grad"),
+        out.onehot_grad.as_ref().unwrap(),
+        f32s(&r, "onehot_grad"),
+        TOL,
+    );
     let grads = out.weight_grads.unwrap();
     let mut checked = 0;
     for spec in param_specs(&model.cfg) {
         let data = grads.slot(spec.slot).unwrap();
         for (hf, _, g) in export_spec(&model.cfg, &spec, data) {
-            assert_close(&format!("{name} grad.{hf}"), &g, f32s(&r, &format!("grad.{hf}")), TOL);
+            assert_close(
+                &format!("{name} grad.{hf}"),
+                &g,
+                f32s(&r, &format!("grad.{hf}")),
+                TOL,
+            );
             checked += 1;
         }
     }
     let n_ref = r.keys().filter(|k| k.starts_with("grad.")).count();
-    assert_eq!(checked, n_ref, "{name}: every reference gradient must be checked");
+    assert_eq!(
+        checked, n_ref,
+        "{name}: every reference gradient must be checked"
+    );
 }
 
 #[test]

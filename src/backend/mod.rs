@@ -9,6 +9,7 @@
 //!   then k, then v, each head-major.
 
 pub mod cpu;
+pub mod gpu;
 
 use crate::model::config::{Activation, NormKind};
 

@@ -163,7 +163,8 @@ impl ModelConfig {
 
         let cfg = match arch {
             Arch::GptNeoX => {
-                let rotary_pct = rope_f64(v, &["partial_rotary_factor", "rotary_pct"]).unwrap_or(1.0);
+                let rotary_pct =
+                    rope_f64(v, &["partial_rotary_factor", "rotary_pct"]).unwrap_or(1.0);
                 if !(0.0..=1.0).contains(&rotary_pct) {
                     return Err(Error::config("rotary_pct", "must lie in [0, 1]"));
                 }
@@ -239,10 +240,7 @@ impl ModelConfig {
                     intermediate,
                     vocab,
                     rotary_dims: head_dim,
-                    rope_base: v
-                        .get("rope_theta")
-                        .and_then(Value::as_f64)
-                        .unwrap_or(10000.0) as f32,
+                    rope_base: rope_f64(v, &["rope_theta"]).unwrap_or(10000.0) as f32,
                     norm_eps: f64_field(v, "rms_norm_eps").unwrap_or(1e-6) as f32,
                     norm: NormKind::RmsNorm,
                     parallel_residual: false,

@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 pub enum RefTensor {
@@ -24,11 +26,17 @@ pub fn read_reference(path: &Path) -> HashMap<String, RefTensor> {
             let shape = v.shape().to_vec();
             let t = match v.dtype() {
                 Dtype::F32 => RefTensor::F32(
-                    v.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect(),
+                    v.data()
+                        .chunks_exact(4)
+                        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                        .collect(),
                     shape,
                 ),
                 Dtype::I64 => RefTensor::I64(
-                    v.data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect(),
+                    v.data()
+                        .chunks_exact(8)
+                        .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+                        .collect(),
                     shape,
                 ),
                 d => panic!("unexpected dtype {d:?} for {name}"),
@@ -54,7 +62,13 @@ pub fn i64s<'a>(r: &'a HashMap<String, RefTensor>, name: &str) -> (&'a [i64], &'
 
 /// max |a - b| relative to max |b|; fails with `what` and the worst index.
 pub fn assert_close(what: &str, got: &[f32], want: &[f32], rel_tol: f32) {
-    assert_eq!(got.len(), want.len(), "{what}: length {} vs {}", got.len(), want.len());
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "{what}: length {} vs {}",
+        got.len(),
+        want.len()
+    );
     let scale = want.iter().fold(0.0f32, |m, x| m.max(x.abs())).max(1e-12);
     let (mut worst, mut at) = (0.0f32, 0);
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
