@@ -4,8 +4,11 @@
 //! [`backend::Backend`] trait; [`backend::cpu::Cpu`] is the reference backend.
 
 pub mod backend;
+pub mod bench;
 pub mod error;
+pub mod flops;
 pub mod model;
+pub mod presets;
 pub mod tokenize;
 
 pub use backend::cpu::Cpu;

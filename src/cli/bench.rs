@@ -1,0 +1,70 @@
+use armsrace::bench::{self, BenchOptions};
+use armsrace::{presets, Cpu, Model};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Model shape (random weights): pythia-14m ... pythia-12b, qwen2.5-0.5b ... qwen2.5-14b.
+    #[arg(long, default_value = "pythia-14m")]
+    preset: String,
+    /// cpu (cuda needs a build with --features cuda).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    #[arg(long, default_value_t = 64)]
+    seq: usize,
+    /// Shared prefix length for candidate scoring.
+    #[arg(long, default_value_t = 64)]
+    prefix: usize,
+    #[arg(long, default_value_t = 128)]
+    candidates: usize,
+    /// Tokens per candidate after the shared prefix.
+    #[arg(long, default_value_t = 32)]
+    candidate_seq: usize,
+    #[arg(long, default_value_t = 5)]
+    iters: usize,
+    /// Write results as JSON here.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    if a.device != "cpu" {
+        anyhow::bail!(
+            "device `{}` is not available in this build (supported: cpu)",
+            a.device
+        );
+    }
+    let cfg = presets::config(&a.preset, Some(2))?;
+    let model = Model::random(cfg, 0, 0.02, Cpu);
+    let o = BenchOptions {
+        batch: a.batch,
+        seq: a.seq,
+        prefix: a.prefix,
+        candidates: a.candidates,
+        candidate_seq: a.candidate_seq,
+        iters: a.iters,
+        ..Default::default()
+    };
+    println!(
+        "{} classifier, N = {:.1}M, {} threads, cpu",
+        a.preset,
+        model.param_count() as f64 / 1e6,
+        rayon::current_num_threads()
+    );
+    let results = bench::run(&model, &o)?;
+    println!(
+        "{:<18} {:>10} {:>12} {:>14} {:>15}",
+        "workload", "median s", "tokens/s", "nominal GF/s", "executed GF/s"
+    );
+    for r in &results {
+        println!(
+            "{:<18} {:>10.4} {:>12.0} {:>14.1} {:>15.1}",
+            r.workload, r.median_s, r.tokens_per_s, r.nominal_gflops, r.executed_gflops
+        );
+    }
+    if let Some(p) = a.json {
+        std::fs::write(&p, serde_json::to_string_pretty(&results)?)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,143 @@
+use armsrace::backend::cpu::loss::cross_entropy;
+use armsrace::model::config::HeadKind;
+use armsrace::tokenize::Tokenizer;
+use armsrace::{Batch, Cpu, Model};
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Classifier checkpoint directory.
+    #[arg(long)]
+    model: PathBuf,
+    /// JSONL input: one {"text": "...", "label": 0} per line (label optional).
+    #[arg(long)]
+    input: PathBuf,
+    /// JSONL output (default: stdout).
+    #[arg(long)]
+    output: Option<PathBuf>,
+    /// Maximum tokens per internal batch (padding included).
+    #[arg(long, default_value_t = 8192)]
+    batch_tokens: usize,
+}
+
+struct Line {
+    text: String,
+    label: Option<u32>,
+}
+
+fn read_input(path: &PathBuf) -> anyhow::Result<Vec<Line>> {
+    let f = std::fs::File::open(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
+        let line = line.map_err(|e| anyhow::anyhow!("{}: line {}: {e}", path.display(), i + 1))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let bad = |msg: String| anyhow::anyhow!("{}: line {}: {msg}", path.display(), i + 1);
+        let v: serde_json::Value =
+            serde_json::from_str(&line).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+        let text = v
+            .get("text")
+            .and_then(|t| t.as_str())
+            .ok_or_else(|| bad("missing string field `text`".into()))?
+            .to_string();
+        let label =
+            match v.get("label") {
+                None | Some(serde_json::Value::Null) => None,
+                Some(l) => Some(l.as_u64().ok_or_else(|| {
+                    bad(format!("`label` must be a non-negative integer, found {l}"))
+                })? as u32),
+            };
+        out.push(Line { text, label });
+    }
+    if out.is_empty() {
+        anyhow::bail!("{}: no examples (empty input)", path.display());
+    }
+    Ok(out)
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let model = Model::load(&a.model, Cpu)?;
+    let HeadKind::Classifier { num_labels } = model.cfg.head else {
+        anyhow::bail!(
+            "{}: not a classifier (no `score` head); classify needs *ForSequenceClassification",
+            a.model.display()
+        );
+    };
+    let tok = Tokenizer::from_file(&a.model.join("tokenizer.json"))?;
+    let lines = read_input(&a.input)?;
+    for (i, l) in lines.iter().enumerate() {
+        if let Some(lab) = l.label.filter(|&x| x as usize >= num_labels) {
+            anyhow::bail!(
+                "{}: line {}: label {lab} out of range for {num_labels} classes",
+                a.input.display(),
+                i + 1
+            );
+        }
+    }
+    let ids: Vec<Vec<u32>> = lines
+        .iter()
+        .map(|l| tok.encode(&l.text))
+        .collect::<Result<_, _>>()?;
+    if let Some(i) = ids.iter().position(Vec::is_empty) {
+        anyhow::bail!(
+            "{}: example {} tokenizes to nothing",
+            a.input.display(),
+            i + 1
+        );
+    }
+    // Sort by length so each batch pads little; results go back in input order.
+    let mut order: Vec<usize> = (0..ids.len()).collect();
+    order.sort_by_key(|&i| ids[i].len());
+    let mut results: Vec<Option<serde_json::Value>> = vec![None; ids.len()];
+    let pad = model.cfg.pad_token_id.unwrap_or(0);
+    let mut start = 0;
+    while start < order.len() {
+        let mut end = start + 1;
+        while end < order.len() && ids[order[end]].len() * (end + 1 - start) <= a.batch_tokens {
+            end += 1;
+        }
+        let chunk = &order[start..end];
+        let seqs: Vec<Vec<u32>> = chunk.iter().map(|&i| ids[i].clone()).collect();
+        let batch = Batch::from_sequences(&seqs, pad)?;
+        let logits = model.logits(&batch)?;
+        // Loss straight from the logits: no second pass.
+        let labels: Vec<u32> = chunk.iter().map(|&i| lines[i].label.unwrap_or(0)).collect();
+        let mut dl = vec![0.0; logits.len()];
+        let losses = cross_entropy(
+            &mut dl,
+            &logits,
+            &labels,
+            &vec![1.0; labels.len()],
+            num_labels,
+        );
+        for (j, &i) in chunk.iter().enumerate() {
+            let row = &logits[j * num_labels..(j + 1) * num_labels];
+            let pred = row
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map(|(k, _)| k)
+                .unwrap();
+            let mut v = serde_json::json!({ "logits": row, "pred": pred });
+            if let Some(label) = lines[i].label {
+                v["label"] = label.into();
+                v["loss"] = losses[j].into();
+            }
+            results[i] = Some(v);
+        }
+        start = end;
+    }
+    let mut out: Box<dyn Write> = match &a.output {
+        Some(p) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?,
+        )),
+        None => Box::new(std::io::stdout().lock()),
+    };
+    for r in results.into_iter().flatten() {
+        writeln!(out, "{r}")?;
+    }
+    out.flush()?;
+    Ok(())
+}

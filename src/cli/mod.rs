@@ -1,0 +1,45 @@
+//! Subcommands, one file each.
+
+mod bench;
+mod classify;
+mod inspect;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "armsrace",
+    version,
+    about = "Adversarial attacks on language models, measured in FLOPs"
+)]
+struct Cli {
+    /// Worker threads for the CPU backend (default: all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print a checkpoint's architecture, parameter count and shapes.
+    Inspect(inspect::Args),
+    /// Classify texts from a JSONL file with a classifier checkpoint.
+    Classify(classify::Args),
+    /// Throughput of forward, one-hot gradient and candidate scoring at a preset's shapes.
+    Bench(bench::Args),
+}
+
+pub fn run() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if let Some(n) = cli.threads {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()?;
+    }
+    match cli.command {
+        Command::Inspect(a) => inspect::run(a),
+        Command::Classify(a) => classify::run(a),
+        Command::Bench(a) => bench::run(a),
+    }
+}

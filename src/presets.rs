@@ -1,0 +1,83 @@
+//! Synthetic model shapes of the study's model families (random weights, no download), for
+//! benchmarks and from-scratch training. Published config.json files remain the authority.
+
+use crate::error::{Error, Result};
+use crate::model::config::ModelConfig;
+use serde_json::json;
+
+/// (name, hidden, layers, heads, kv_heads, intermediate, vocab, tied)
+const PRESETS: &[(&str, usize, usize, usize, usize, usize, usize, bool)] = &[
+    ("pythia-14m", 128, 6, 4, 4, 512, 50304, false),
+    ("pythia-31m", 256, 6, 8, 8, 1024, 50304, false),
+    ("pythia-70m", 512, 6, 8, 8, 2048, 50304, false),
+    ("pythia-160m", 768, 12, 12, 12, 3072, 50304, false),
+    ("pythia-410m", 1024, 24, 16, 16, 4096, 50304, false),
+    ("pythia-1b", 2048, 16, 8, 8, 8192, 50304, false),
+    ("pythia-1.4b", 2048, 24, 16, 16, 8192, 50304, false),
+    ("pythia-2.8b", 2560, 32, 32, 32, 10240, 50304, false),
+    ("pythia-6.9b", 4096, 32, 32, 32, 16384, 50432, false),
+    ("pythia-12b", 5120, 36, 40, 40, 20480, 50688, false),
+    ("qwen2.5-0.5b", 896, 24, 14, 2, 4864, 151936, true),
+    ("qwen2.5-1.5b", 1536, 28, 12, 2, 8960, 151936, true),
+    ("qwen2.5-3b", 2048, 36, 16, 2, 11008, 151936, true),
+    ("qwen2.5-7b", 3584, 28, 28, 4, 18944, 152064, false),
+    ("qwen2.5-14b", 5120, 48, 40, 8, 13824, 152064, false),
+];
+
+pub fn names() -> Vec<&'static str> {
+    PRESETS.iter().map(|p| p.0).collect()
+}
+
+/// Pretraining tokens D of the family (for "compute / pretraining compute" = 6 N D).
+pub fn pretraining_tokens(name: &str) -> Option<f64> {
+    if name.starts_with("pythia") {
+        Some(299.9e9)
+    } else if name.starts_with("qwen2.5") {
+        Some(18e12)
+    } else {
+        None
+    }
+}
+
+/// The config.json a Hugging Face checkpoint of this shape would carry.
+pub fn config_json(name: &str, classifier: Option<usize>) -> Result<serde_json::Value> {
+    let &(_, hidden, layers, heads, kv, inter, vocab, tied) =
+        PRESETS.iter().find(|p| p.0 == name).ok_or_else(|| {
+            Error::input(format!(
+                "unknown preset `{name}`; known: {}",
+                names().join(", ")
+            ))
+        })?;
+    let mut v = if name.starts_with("pythia") {
+        json!({
+            "architectures": [if classifier.is_some() { "GPTNeoXForSequenceClassification" } else { "GPTNeoXForCausalLM" }],
+            "model_type": "gpt_neox",
+            "hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": heads,
+            "intermediate_size": inter, "vocab_size": vocab, "rotary_pct": 0.25,
+            "rotary_emb_base": 10000, "layer_norm_eps": 1e-5, "hidden_act": "gelu",
+            "use_parallel_residual": true, "tie_word_embeddings": tied,
+            "max_position_embeddings": 2048, "pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 0,
+        })
+    } else {
+        json!({
+            "architectures": [if classifier.is_some() { "Qwen2ForSequenceClassification" } else { "Qwen2ForCausalLM" }],
+            "model_type": "qwen2",
+            "hidden_size": hidden, "num_hidden_layers": layers, "num_attention_heads": heads,
+            "num_key_value_heads": kv, "intermediate_size": inter, "vocab_size": vocab,
+            "rope_theta": 1e6, "rms_norm_eps": 1e-6, "hidden_act": "silu",
+            "tie_word_embeddings": tied, "max_position_embeddings": 32768,
+            "pad_token_id": 151643, "bos_token_id": 151643, "eos_token_id": 151643,
+        })
+    };
+    if let Some(n) = classifier {
+        let labels: serde_json::Map<String, serde_json::Value> = (0..n)
+            .map(|i| (i.to_string(), json!(format!("LABEL_{i}"))))
+            .collect();
+        v["id2label"] = serde_json::Value::Object(labels);
+    }
+    Ok(v)
+}
+
+pub fn config(name: &str, classifier: Option<usize>) -> Result<ModelConfig> {
+    ModelConfig::from_json(&config_json(name, classifier)?)
+}
