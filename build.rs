@@ -4,13 +4,13 @@
 
 #[path = "kernels/build/harness.rs"]
 mod harness;
+#[cfg(feature = "cuda")]
 #[path = "kernels/build/nvcc.rs"]
 mod nvcc;
 
 fn main() {
     println!("cargo:rerun-if-changed=kernels");
     harness::build();
-    if std::env::var_os("CARGO_FEATURE_CUDA").is_some() {
-        nvcc::build();
-    }
+    #[cfg(feature = "cuda")]
+    nvcc::build();
 }

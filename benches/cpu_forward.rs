@@ -14,15 +14,24 @@ use std::time::Instant;
 const GEMM_N: usize = 2048;
 
 fn gemm_2048(a: &[f32], b: &[f32], c: &mut [f32]) {
-    sgemm(GEMM_N, GEMM_N, GEMM_N, c, GEMM_N, false, a, GEMM_N, 1, b, GEMM_N, 1);
+    sgemm(
+        GEMM_N, GEMM_N, GEMM_N, c, GEMM_N, false, a, GEMM_N, 1, b, GEMM_N, 1,
+    );
 }
 
 fn setup() -> (Model<Cpu>, Batch, f64) {
     let cfg = presets::config("pythia-70m", Some(2)).unwrap();
     let model = Model::random(cfg, 0, 0.02, Cpu);
     let o = BenchOptions::default();
-    let ids = (0..o.batch * o.seq).map(|i| (i * 7919 % 50000 + 2) as u32).collect();
-    let batch = Batch { ids, batch: o.batch, seq: o.seq, lens: vec![o.seq; o.batch] };
+    let ids = (0..o.batch * o.seq)
+        .map(|i| (i * 7919 % 50000 + 2) as u32)
+        .collect();
+    let batch = Batch {
+        ids,
+        batch: o.batch,
+        seq: o.seq,
+        lens: vec![o.seq; o.batch],
+    };
     let fl = flops::executed_forward(&model.cfg, o.batch, o.seq, 0, o.batch);
     (model, batch, fl)
 }
@@ -50,9 +59,13 @@ fn benches(c: &mut Criterion) {
     let mut g = c.benchmark_group("cpu");
     g.sample_size(10);
     g.throughput(Throughput::Elements(gemm_flops as u64));
-    g.bench_function("gemm_f32_2048", |bch| bch.iter(|| gemm_2048(&a, &b, &mut out)));
+    g.bench_function("gemm_f32_2048", |bch| {
+        bch.iter(|| gemm_2048(&a, &b, &mut out))
+    });
     g.throughput(Throughput::Elements(fwd_flops as u64));
-    g.bench_function("forward_pythia70m_64x64", |bch| bch.iter(|| model.logits(&batch).unwrap()));
+    g.bench_function("forward_pythia70m_64x64", |bch| {
+        bch.iter(|| model.logits(&batch).unwrap())
+    });
     g.finish();
 
     // One summary line with both figures from the same run.

@@ -3,13 +3,16 @@
 //! The model (GPTNeoX and Qwen2, as classifiers or causal LMs) is written once against the
 //! [`backend::Backend`] trait; [`backend::cpu::Cpu`] is the reference backend.
 
+pub mod attack;
 pub mod backend;
 pub mod bench;
 pub mod error;
 pub mod flops;
 pub mod model;
 pub mod presets;
+pub mod task;
 pub mod tokenize;
+pub mod train;
 
 pub use backend::cpu::Cpu;
 pub use error::{Error, Result};

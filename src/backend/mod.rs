@@ -47,6 +47,12 @@ pub trait Backend: Send + Sync {
     type Buf: Send + Sync;
 
     fn name(&self) -> &'static str;
+    /// The first failure since the last call (ops cannot return errors: a device records its
+    /// first failure, e.g. out of memory, and skips the rest of the pass). The model calls
+    /// this after every pass, so failures reach the caller as an `Err`.
+    fn check(&self) -> crate::error::Result<()> {
+        Ok(())
+    }
     fn upload(&self, data: &[f32]) -> Self::Buf;
     fn zeros(&self, len: usize) -> Self::Buf;
     fn download(&self, buf: &Self::Buf) -> Vec<f32>;

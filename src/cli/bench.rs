@@ -29,11 +29,10 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    if a.device != "cpu" {
-        anyhow::bail!(
-            "device `{}` is not available in this build (supported: cpu)",
-            a.device
-        );
+    match a.device.as_str() {
+        "cpu" => {}
+        "cuda" => return run_cuda(&a),
+        other => anyhow::bail!("unknown device `{other}` (cpu, cuda)"),
     }
     let cfg = presets::config(&a.preset, Some(2))?;
     let model = Model::random(cfg, 0, 0.02, Cpu);
@@ -67,4 +66,23 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         std::fs::write(&p, serde_json::to_string_pretty(&results)?)?;
     }
     Ok(())
+}
+
+/// The GPU benchmarks of the CUDA issue: pythia-1.4b and qwen2.5-1.5b shapes, 512 candidates
+/// x 64 tokens after a 256-token shared prefix, with MFU against 989 TFLOP/s.
+#[cfg(feature = "cuda")]
+fn run_cuda(a: &Args) -> anyhow::Result<()> {
+    use armsrace::backend::gpu::bench;
+    let report = bench::run_cuda(bench::PRESETS, a.iters)?;
+    let text = serde_json::to_string_pretty(&report)?;
+    println!("{text}");
+    if let Some(p) = &a.json {
+        std::fs::write(p, &text)?;
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "cuda"))]
+fn run_cuda(_: &Args) -> anyhow::Result<()> {
+    anyhow::bail!("this build has no CUDA support: rebuild with `cargo build --release --features cuda` (after `bash scripts/install-nvcc.sh`)")
 }

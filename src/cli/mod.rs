@@ -1,8 +1,10 @@
 //! Subcommands, one file each.
 
+mod attack;
 mod bench;
 mod classify;
 mod inspect;
+mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -26,6 +28,10 @@ enum Command {
     Inspect(inspect::Args),
     /// Classify texts from a JSONL file with a classifier checkpoint.
     Classify(classify::Args),
+    /// Fine-tune a classifier (or train one from scratch) on a task.
+    Train(train::Args),
+    /// Attack a classifier (GCG or random tokens); resumable results and a summary.
+    Attack(attack::Args),
     /// Throughput of forward, one-hot gradient and candidate scoring at a preset's shapes.
     Bench(bench::Args),
 }
@@ -40,6 +46,8 @@ pub fn run() -> anyhow::Result<()> {
     match cli.command {
         Command::Inspect(a) => inspect::run(a),
         Command::Classify(a) => classify::run(a),
+        Command::Attack(a) => attack::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Train(a) => train::run(a),
     }
 }

@@ -85,7 +85,36 @@ impl Batch {
             .collect()
     }
 
+    /// Checks that the (public) fields agree: batch x seq ids, one length per sequence, each
+    /// at most `seq`. Hand-built batches that break this would index out of bounds.
+    pub fn check_shape(&self) -> Result<()> {
+        if self.batch == 0 || self.seq == 0 {
+            return Err(Error::input(format!(
+                "batch is empty ({} sequences x {} positions)",
+                self.batch, self.seq
+            )));
+        }
+        if self.ids.len() != self.batch * self.seq || self.lens.len() != self.batch {
+            return Err(Error::input(format!(
+                "batch shape is inconsistent: {} ids and {} lengths for {} sequences x {} positions",
+                self.ids.len(),
+                self.lens.len(),
+                self.batch,
+                self.seq
+            )));
+        }
+        if let Some((b, &l)) = self.lens.iter().enumerate().find(|(_, &l)| l > self.seq) {
+            return Err(Error::input(format!(
+                "sequence {b} has length {l}, longer than the batch's {} positions",
+                self.seq
+            )));
+        }
+        Ok(())
+    }
+
+    /// Checks the shape (`check_shape`), then that every id is below `vocab`.
     pub fn check_vocab(&self, vocab: usize) -> Result<()> {
+        self.check_shape()?;
         if let Some((i, &id)) = self
             .ids
             .iter()

@@ -3,6 +3,7 @@
 pub mod batch;
 pub mod config;
 pub mod safetensors_store;
+pub mod scoring;
 pub mod transformer;
 pub mod weights;
 
@@ -213,6 +214,7 @@ impl<B: Backend> Model<B> {
                 keep_qkv: true,
             },
         );
+        self.backend.check()?;
         Ok(PrefixCache {
             len: ids.len(),
             ids: ids.to_vec(),
@@ -251,10 +253,13 @@ impl<B: Backend> Model<B> {
         let losses =
             self.backend
                 .cross_entropy(&mut dl, &logits, &lr.targets, &lr.scale, self.head_width());
+        self.backend.check()?;
+        self.backend.check()?;
         Ok(per_sequence(&lr, &losses, batch.batch))
     }
 
     fn loss_rows(&self, batch: &Batch, objective: &Objective) -> Result<LossRows> {
+        batch.check_shape()?;
         match (objective, self.cfg.head) {
             (Objective::Classify { labels }, HeadKind::Classifier { num_labels }) => {
                 if labels.len() != batch.batch {
@@ -418,6 +423,8 @@ impl<B: Backend> Model<B> {
         if let Some(g) = grads.as_mut() {
             be.embed_bwd(&mut g.embed, &demb, &batch.ids, h);
         }
+        self.backend.check()?;
+        self.backend.check()?;
         Ok(LossGrads {
             loss_per_seq,
             logits: be.download(&logits),

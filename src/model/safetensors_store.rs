@@ -212,6 +212,11 @@ impl SafetensorsStore {
         Ok(SafetensorsStore { files, entries })
     }
 
+    /// Opens explicit files (no index), e.g. optimizer state.
+    pub fn open_files_public(paths: &[PathBuf]) -> Result<Self> {
+        Self::open_files(paths, None)
+    }
+
     pub fn contains(&self, name: &str) -> bool {
         self.entries.contains_key(name)
     }

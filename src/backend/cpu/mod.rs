@@ -3,9 +3,11 @@
 
 pub mod activation;
 pub mod attention;
+pub mod gcg;
 pub mod gemm;
 pub mod loss;
 pub mod norm;
+pub mod optim;
 pub mod rotary;
 
 use super::{AttnShape, Backend, RotaryShape};

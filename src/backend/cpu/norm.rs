@@ -89,30 +89,33 @@ pub fn norm_bwd(
     if dw.is_none() && db.is_none() {
         return;
     }
-    let rows = x.len() / dim;
-    let (pw, pb) = (0..rows)
-        .into_par_iter()
-        .fold(
-            || (vec![0.0f32; dim], vec![0.0f32; dim]),
-            |(mut aw, mut ab), row| {
-                let g = &dout[row * dim..(row + 1) * dim];
-                let xr = &x[row * dim..(row + 1) * dim];
-                let (m, r) = (mean[row], rstd[row]);
+    // Fixed row blocks reduced in order: the sum is the same on every run (rayon's
+    // fold/reduce splits depend on scheduling, which would make training non-deterministic).
+    const BLOCK: usize = 64;
+    let partials: Vec<(Vec<f32>, Vec<f32>)> = dout
+        .par_chunks(BLOCK * dim)
+        .zip(x.par_chunks(BLOCK * dim))
+        .zip(mean.par_chunks(BLOCK).zip(rstd.par_chunks(BLOCK)))
+        .map(|((g, xb), (mb, rb))| {
+            let (mut aw, mut ab) = (vec![0.0f32; dim], vec![0.0f32; dim]);
+            for (row, (&m, &r)) in mb.iter().zip(rb).enumerate() {
+                let (gr, xr) = (
+                    &g[row * dim..(row + 1) * dim],
+                    &xb[row * dim..(row + 1) * dim],
+                );
                 for i in 0..dim {
-                    aw[i] += g[i] * (xr[i] - m) * r;
-                    ab[i] += g[i];
+                    aw[i] += gr[i] * (xr[i] - m) * r;
+                    ab[i] += gr[i];
                 }
-                (aw, ab)
-            },
-        )
-        .reduce(
-            || (vec![0.0f32; dim], vec![0.0f32; dim]),
-            |(mut aw, mut ab), (bw, bb)| {
-                add_into(&mut aw, &bw);
-                add_into(&mut ab, &bb);
-                (aw, ab)
-            },
-        );
+            }
+            (aw, ab)
+        })
+        .collect();
+    let (mut pw, mut pb) = (vec![0.0f32; dim], vec![0.0f32; dim]);
+    for (aw, ab) in &partials {
+        add_into(&mut pw, aw);
+        add_into(&mut pb, ab);
+    }
     if let Some(dw) = dw {
         add_into(dw, &pw);
     }

@@ -39,4 +39,60 @@ pub trait KernelDevice: Send + Sync {
     fn launch(&self, kernel: &str, cfg: LaunchConfig, args: &[u8]) -> Result<()>;
     /// Wait for all launched work; surfaces asynchronous errors.
     fn synchronize(&self) -> Result<()>;
+
+    // Optional capabilities: defaults for devices without them (the emulator implements
+    // only the required methods above).
+
+    /// A GEMM through a vendor library (cuBLASLt on CUDA). `None`: not available on this
+    /// device, and the backend launches its own kernel (kernels/gemm.cu) instead.
+    fn gemm(&self, _desc: &GemmDesc) -> Option<Result<()>> {
+        None
+    }
+    /// (free, total) bytes of device memory, where the device can tell.
+    fn mem_info(&self) -> Option<(usize, usize)> {
+        None
+    }
+    /// True on real hardware: benchmarks refuse to report emulator timings as GPU numbers.
+    fn is_hardware(&self) -> bool {
+        false
+    }
+}
+
+/// Element type of a device buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DType {
+    F32,
+    Bf16,
+    U32,
+}
+
+impl DType {
+    pub fn size(self) -> usize {
+        match self {
+            DType::F32 | DType::U32 => 4,
+            DType::Bf16 => 2,
+        }
+    }
+}
+
+/// One GEMM in row-major terms, exactly what kernels/gemm.cu computes (see GemmArgs in
+/// kernels/args.h): C[m, n] = (accumulate ? C : 0) + op(A)[m, k] . op(B)[k, n] (+ bias[n]),
+/// where op(A)[i, p] = trans_a ? A[p * lda + i] : A[i * lda + p], and likewise for B.
+/// A, B, C and bias share `dtype` (F32 or Bf16); accumulation is f32.
+#[derive(Clone, Copy, Debug)]
+pub struct GemmDesc {
+    pub dtype: DType,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub a: u64,
+    pub lda: usize,
+    pub trans_a: bool,
+    pub b: u64,
+    pub ldb: usize,
+    pub trans_b: bool,
+    pub c: u64,
+    pub ldc: usize,
+    pub bias: Option<u64>,
+    pub accumulate: bool,
 }

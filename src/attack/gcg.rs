@@ -1,0 +1,338 @@
+//! Greedy Coordinate Gradient (Zou et al. 2023) with nanoGCG's options and the study's
+//! defaults: 128 single-token swaps per iteration drawn without replacement from the top-256
+//! tokens per position of the one-hot gradient, retokenization filter on, arg-min kept.
+
+use super::budget::{executed_grad, gcg_nominal};
+use super::candidates::{argmin, filter, sample, topk};
+use super::goal::{dlogits, evaluate, Goal, LossKind};
+use super::rng::{stream, Purpose};
+use super::scoring::{score, Scored};
+use super::subject::{BufferEntry, Subject, Victim};
+use super::{Attack, StepReport};
+use crate::backend::Backend;
+use crate::error::Result;
+use crate::flops;
+use crate::model::batch::Batch;
+use crate::model::{GradRequest, Objective};
+use serde::{Deserialize, Serialize};
+
+/// Padded tokens per gradient batch: examples are attacked together in chunks this big.
+const GRAD_TOKENS: usize = 16 * 1024;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GcgConfig {
+    /// Candidates per iteration (nanoGCG's search_width).
+    pub search_width: usize,
+    /// Tokens per attack position taken from the one-hot gradient.
+    pub topk: usize,
+    /// Tokens each candidate swaps.
+    pub n_replace: usize,
+    /// nanoGCG's attack buffer: 0 keeps the arg-min candidate every iteration (the
+    /// study); n > 0 keeps the n best attacks seen and continues from the best.
+    pub buffer_size: usize,
+    pub loss: LossKind,
+    /// Stop attacking an example once it is broken.
+    pub early_stop: bool,
+    /// Drop candidates that fail the retokenization check.
+    pub filter: bool,
+    pub seed: u64,
+}
+
+impl Default for GcgConfig {
+    fn default() -> Self {
+        GcgConfig {
+            search_width: 128,
+            topk: 256,
+            n_replace: 1,
+            buffer_size: 0,
+            loss: LossKind::CrossEntropy,
+            early_stop: false,
+            filter: true,
+            seed: 0,
+        }
+    }
+}
+
+pub struct Gcg {
+    pub cfg: GcgConfig,
+}
+
+/// The gradient pass's view of one example: loss and success of its current attack, and
+/// the one-hot gradient at its attack positions [n_attack, vocab].
+struct GradOut {
+    loss: f32,
+    success: bool,
+    grad: Vec<f32>,
+    executed: f64,
+}
+
+impl Gcg {
+    pub fn new(cfg: GcgConfig) -> Self {
+        Gcg { cfg }
+    }
+
+    /// Forward + backward on every example's current prompt, batched (in chunks of at most
+    /// GRAD_TOKENS padded tokens).
+    fn gradients<B: Backend>(&self, v: &Victim<B>, subs: &[&Subject<B>]) -> Result<Vec<GradOut>> {
+        let mut out = Vec::with_capacity(subs.len());
+        let mut i = 0;
+        while i < subs.len() {
+            let mut j = i + 1;
+            let mut longest = subs[i].len(subs[i].state.ids.len());
+            while j < subs.len() {
+                let l = longest.max(subs[j].len(subs[j].state.ids.len()));
+                if l * (j + 1 - i) > GRAD_TOKENS {
+                    break;
+                }
+                longest = l;
+                j += 1;
+            }
+            out.extend(self.gradient_chunk(v, &subs[i..j])?);
+            i = j;
+        }
+        Ok(out)
+    }
+
+    fn gradient_chunk<B: Backend>(
+        &self,
+        v: &Victim<B>,
+        subs: &[&Subject<B>],
+    ) -> Result<Vec<GradOut>> {
+        let model = v.model;
+        let seqs: Vec<Vec<u32>> = subs.iter().map(|s| s.sequence(&s.state.ids)).collect();
+        let batch = Batch::from_sequences(&seqs, v.pad())?;
+        let seq = batch.seq;
+        let (mut rows, mut onehot, mut mask) = (vec![], vec![], vec![false; batch.rows()]);
+        for (b, s) in subs.iter().enumerate() {
+            let len = seqs[b].len();
+            let pos = s.loss_positions(len);
+            if let Goal::Target { .. } = s.goal {
+                for &t in &pos {
+                    mask[b * seq + t + 1] = true;
+                }
+            }
+            rows.extend(pos.iter().map(|&t| b * seq + t));
+            let a0 = s.prompt.attack_start();
+            onehot.extend((0..s.state.ids.len()).map(|i| b * seq + a0 + i));
+        }
+        let width = v.width();
+        let (logits, grad) = match self.cfg.loss {
+            LossKind::CrossEntropy => {
+                let objective = match subs[0].goal {
+                    Goal::Classify { .. } => Objective::Classify {
+                        labels: subs
+                            .iter()
+                            .map(|s| match s.goal {
+                                Goal::Classify { target, .. } => target,
+                                Goal::Target { .. } => 0,
+                            })
+                            .collect(),
+                    },
+                    Goal::Target { .. } => Objective::Target { mask },
+                };
+                let req = GradRequest {
+                    onehot_rows: Some(onehot.clone()),
+                    weights: false,
+                };
+                let lg = model.loss_and_grads(&batch, &objective, &req)?;
+                (lg.logits, lg.onehot_grad.unwrap_or_default())
+            }
+            kind => model.onehot_grad_with(&batch, &rows, &onehot, |z| {
+                let mut d = Vec::with_capacity(z.len());
+                let mut at = 0;
+                for s in subs {
+                    let n = s.goal.rows_per_sequence() * width;
+                    d.extend(dlogits(&s.goal, kind, &z[at..at + n], width));
+                    at += n;
+                }
+                d
+            })?,
+        };
+        let vocab = model.cfg.vocab;
+        let (mut at_l, mut at_g) = (0, 0);
+        let mut out = Vec::with_capacity(subs.len());
+        for s in subs {
+            let m = s.goal.rows_per_sequence();
+            let n = s.state.ids.len();
+            let (loss, success) = evaluate(
+                &s.goal,
+                self.cfg.loss,
+                &logits[at_l..at_l + m * width],
+                width,
+            );
+            out.push(GradOut {
+                loss,
+                success,
+                grad: grad[at_g..at_g + n * vocab].to_vec(),
+                executed: executed_grad(&model.cfg, 1, seq, m, n),
+            });
+            at_l += m * width;
+            at_g += n * vocab;
+        }
+        Ok(out)
+    }
+
+    /// Keeps the best candidate (or updates the buffer) and returns (loss, success).
+    fn update<B: Backend>(
+        &self,
+        s: &mut Subject<B>,
+        g: &GradOut,
+        kept: Vec<Vec<u32>>,
+        sc: &Scored,
+    ) -> (f32, bool) {
+        let best = argmin(&sc.losses);
+        if self.cfg.buffer_size == 0 {
+            return match best {
+                Some(b) => {
+                    s.state.ids = kept[b].clone();
+                    (sc.losses[b], sc.success[b])
+                }
+                // Every candidate failed the filter: keep the current attack.
+                None => (g.loss, g.success),
+            };
+        }
+        let buf = &mut s.state.buffer;
+        if buf.is_empty() {
+            buf.push(BufferEntry {
+                loss: g.loss,
+                ids: s.state.ids.clone(),
+                success: g.success,
+            });
+        }
+        if let Some(b) = best {
+            let e = BufferEntry {
+                loss: sc.losses[b],
+                ids: kept[b].clone(),
+                success: sc.success[b],
+            };
+            // nanoGCG: a full buffer takes a candidate only if it beats the worst entry.
+            if buf.len() < self.cfg.buffer_size {
+                buf.push(e);
+            } else if nan_last(e.loss) < nan_last(buf[buf.len() - 1].loss) {
+                *buf.last_mut().expect("non-empty") = e;
+            }
+            buf.sort_by(|a, b| nan_last(a.loss).total_cmp(&nan_last(b.loss)));
+        }
+        s.state.ids = buf[0].ids.clone();
+        (buf[0].loss, buf[0].success)
+    }
+}
+
+fn nan_last(x: f32) -> f32 {
+    if x.is_nan() {
+        f32::INFINITY
+    } else {
+        x
+    }
+}
+
+impl<B: Backend> Attack<B> for Gcg {
+    fn name(&self) -> &'static str {
+        "gcg"
+    }
+
+    fn settings(&self) -> serde_json::Value {
+        serde_json::to_value(&self.cfg).expect("plain data")
+    }
+
+    fn nominal_bound(&self, v: &Victim<B>, s: &Subject<B>) -> f64 {
+        let n = s.state.ids.len();
+        let pool = match self.cfg.n_replace {
+            1 => n * self.cfg.topk.min(v.vocab.allowed().len()),
+            _ => usize::MAX,
+        };
+        gcg_nominal(
+            v.model.param_count(),
+            s.len(n),
+            self.cfg.search_width.min(pool),
+        )
+    }
+
+    fn stops_on_success(&self) -> bool {
+        self.cfg.early_stop
+    }
+
+    fn step(
+        &self,
+        v: &Victim<B>,
+        batch: &mut [&mut Subject<B>],
+        iteration: usize,
+    ) -> Result<Vec<StepReport>> {
+        let model = v.model;
+        // The prompt cache is built once per example; its cost is booked to iteration 1 so
+        // that a resumed run (which rebuilds it) reports what an uninterrupted one does.
+        let mut cache_cost = vec![0.0; batch.len()];
+        for (c, s) in cache_cost.iter_mut().zip(batch.iter_mut()) {
+            if v.fast.prefix_cache {
+                s.ensure_cache(model)?;
+            }
+            if iteration == 1 && v.fast.prefix_cache && !s.prompt.before.is_empty() {
+                *c = flops::executed_forward(&model.cfg, 1, s.prompt.before.len(), 0, 0);
+            }
+        }
+        let subs: Vec<&Subject<B>> = batch.iter().map(|s| &**s).collect();
+        let grads = self.gradients(v, &subs)?;
+        let cands: Vec<Vec<Vec<u32>>> = subs
+            .iter()
+            .zip(&grads)
+            .map(|(s, g)| {
+                let n = s.state.ids.len();
+                let (top, k) = topk(&g.grad, n, v.vocab, self.cfg.topk)?;
+                let mut rng = stream(self.cfg.seed, s.index, iteration, Purpose::GcgSample);
+                sample(
+                    &top,
+                    k,
+                    &s.state.ids,
+                    self.cfg.search_width,
+                    self.cfg.n_replace,
+                    &mut rng,
+                )
+            })
+            .collect::<Result<_>>()?;
+        // Retokenization checks of example i + 1 run on the pool while example i is scored.
+        let check = |i: usize| {
+            let rc = match (self.cfg.filter, &subs[i].retok, v.tok) {
+                (true, Some(rc), Some(tok)) => Some((rc, tok)),
+                _ => None,
+            };
+            filter(rc, &cands[i])
+        };
+        let mut scored = Vec::with_capacity(subs.len());
+        let mut next = Some(check(0));
+        for i in 0..subs.len() {
+            let valid = next.take().expect("checked before")?;
+            let kept: Vec<Vec<u32>> = cands[i]
+                .iter()
+                .zip(&valid)
+                .filter(|(_, &ok)| ok)
+                .map(|(c, _)| c.clone())
+                .collect();
+            let (sc, nxt) = rayon::join(
+                || score(v, subs[i], &kept, Some(&subs[i].state.ids), self.cfg.loss),
+                || (i + 1 < subs.len()).then(|| check(i + 1)),
+            );
+            next = nxt;
+            scored.push((kept, valid.len(), sc?));
+        }
+        drop(subs);
+        let n_params = model.param_count();
+        let mut reports = Vec::with_capacity(batch.len());
+        for (((s, g), (kept, sampled, sc)), cc) in
+            batch.iter_mut().zip(&grads).zip(scored).zip(cache_cost)
+        {
+            let tokens = s.len(s.state.ids.len());
+            let n_kept = kept.len();
+            let (loss, success) = self.update(s, g, kept, &sc);
+            reports.push(StepReport {
+                loss,
+                success,
+                success_before: g.success,
+                scored: n_kept,
+                rejected: sampled - n_kept,
+                nominal: gcg_nominal(n_params, tokens, n_kept),
+                executed: g.executed + sc.executed + cc,
+            });
+        }
+        Ok(reports)
+    }
+}

@@ -1,0 +1,275 @@
+//! Results on disk: `config.json` (the run's settings), `results.jsonl` (append-only, one
+//! line per example when it is first classified and one per example per iteration) and
+//! `summary.json`.
+//!
+//! Lines are written in units — the clean lines of a group of examples, or one iteration
+//! of a group — and flushed per unit. A killed run leaves at most one partial unit (maybe
+//! ending in a half-written line); a resume replays the complete units in file order and
+//! cuts the file where the first incomplete or unexpected one starts, so the work is redone
+//! and the file ends up as an uninterrupted run would have written it.
+
+use super::subject::BufferEntry;
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+pub const CONFIG_FILE: &str = "config.json";
+pub const RESULTS_FILE: &str = "results.jsonl";
+pub const SUMMARY_FILE: &str = "summary.json";
+
+/// An example before the attack.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CleanLine {
+    pub example: usize,
+    pub label: u32,
+    /// Tokens of the clean prompt (target included for a causal LM).
+    pub tokens: usize,
+    #[serde(with = "nullable_f32")]
+    pub clean_loss: f32,
+    /// The goal already holds without an attack (misclassified, or target produced).
+    pub clean_success: bool,
+    /// Not attacked (because of `clean_success`).
+    pub skipped: bool,
+}
+
+/// An example after an iteration. FLOPs and `best_loss` are cumulative per example.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct IterLine {
+    pub example: usize,
+    pub iteration: usize,
+    #[serde(with = "nullable_f32")]
+    pub loss: f32,
+    #[serde(with = "nullable_f32")]
+    pub best_loss: f32,
+    /// The attack kept after this iteration succeeds.
+    pub success: bool,
+    /// Broken at this or an earlier iteration (what ASR counts).
+    pub broken: bool,
+    pub attack_ids: Vec<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attack_text: Option<String>,
+    pub candidates: usize,
+    pub rejected: usize,
+    pub nominal_flops: f64,
+    pub executed_flops: f64,
+    /// Seconds the iteration took for the whole group of examples it ran with.
+    pub wall_s: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub buffer: Option<Vec<BufferEntry>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Line {
+    Clean(CleanLine),
+    Iter(IterLine),
+}
+
+/// Which line a unit expects next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Key {
+    Clean { example: usize },
+    Iter { example: usize, iteration: usize },
+}
+
+impl Line {
+    pub fn key(&self) -> Key {
+        match self {
+            Line::Clean(c) => Key::Clean { example: c.example },
+            Line::Iter(l) => Key::Iter {
+                example: l.example,
+                iteration: l.iteration,
+            },
+        }
+    }
+}
+
+/// The JSONL file: replays complete units of an earlier run, then appends.
+pub struct ResultsLog {
+    path: PathBuf,
+    /// Lines read at open, with the byte offset where each ends.
+    old: Vec<(Line, u64)>,
+    next: usize,
+    /// Byte offset up to which the file has been replayed.
+    replayed_to: u64,
+    file: Option<File>,
+}
+
+impl ResultsLog {
+    /// Opens (or creates) `path`. A last line cut short (no newline, or not valid JSON) is
+    /// dropped; an invalid line anywhere else is an error naming the line.
+    pub fn open(path: &Path) -> Result<Self> {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(Error::io(path, e)),
+        };
+        let mut old = Vec::new();
+        let mut at = 0usize;
+        let mut lineno = 0;
+        while at < bytes.len() {
+            lineno += 1;
+            let Some(nl) = bytes[at..].iter().position(|&b| b == b'\n') else {
+                break; // killed mid-write
+            };
+            let raw = &bytes[at..at + nl];
+            let end = at + nl + 1;
+            let is_last = end == bytes.len();
+            match serde_json::from_slice::<Line>(raw) {
+                Ok(l) => old.push((l, end as u64)),
+                Err(_) if is_last => break,
+                Err(e) => {
+                    return Err(Error::format(
+                        path,
+                        format!("line {lineno}: not a results line ({e}); remove the file or pass --overwrite"),
+                    ))
+                }
+            }
+            at = end;
+        }
+        Ok(ResultsLog {
+            path: path.to_path_buf(),
+            old,
+            next: 0,
+            replayed_to: 0,
+            file: None,
+        })
+    }
+
+    /// Lines of the earlier run not replayed yet.
+    pub fn pending(&self) -> usize {
+        self.old.len() - self.next
+    }
+
+    /// The next unit from the earlier run, if the file holds all of it with exactly these
+    /// keys in this order. After the first miss, nothing more is replayed.
+    pub fn replay(&mut self, keys: &[Key]) -> Option<Vec<Line>> {
+        if self.file.is_some() || self.pending() < keys.len() {
+            return None;
+        }
+        let slice = &self.old[self.next..self.next + keys.len()];
+        if slice.iter().zip(keys).any(|((l, _), k)| l.key() != *k) {
+            return None;
+        }
+        self.next += keys.len();
+        self.replayed_to = slice.last().map_or(self.replayed_to, |x| x.1);
+        Some(slice.iter().map(|(l, _)| l.clone()).collect())
+    }
+
+    /// Appends a unit and flushes it. The first append cuts whatever was not replayed.
+    pub fn append(&mut self, lines: &[Line]) -> Result<()> {
+        let path = self.path.clone();
+        let file = match &mut self.file {
+            Some(f) => f,
+            None => self.open_for_append()?,
+        };
+        let mut buf = Vec::new();
+        for l in lines {
+            serde_json::to_writer(&mut buf, l).map_err(|e| Error::Other(e.to_string()))?;
+            buf.push(b'\n');
+        }
+        file.write_all(&buf).map_err(|e| Error::io(&path, e))?;
+        file.flush().map_err(|e| Error::io(&path, e))
+    }
+
+    /// Cuts lines that were never replayed (nothing new to append but a stale tail).
+    pub fn finish(&mut self) -> Result<()> {
+        if self.file.is_none() {
+            self.open_for_append()?;
+        }
+        Ok(())
+    }
+
+    fn open_for_append(&mut self) -> Result<&mut File> {
+        let p = &self.path;
+        let f = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .open(p)
+            .map_err(|e| Error::io(p, e))?;
+        f.set_len(self.replayed_to).map_err(|e| Error::io(p, e))?;
+        let mut f = f;
+        use std::io::Seek;
+        f.seek(std::io::SeekFrom::End(0))
+            .map_err(|e| Error::io(p, e))?;
+        self.next = self.old.len();
+        Ok(self.file.insert(f))
+    }
+}
+
+/// Prepares the output directory: with `overwrite` earlier results are deleted; otherwise
+/// an existing `config.json` must equal `config` (then the run resumes). Returns whether
+/// earlier results exist to resume from.
+pub fn prepare_dir(dir: &Path, config: &serde_json::Value, overwrite: bool) -> Result<bool> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let cfg_path = dir.join(CONFIG_FILE);
+    if overwrite {
+        for f in [CONFIG_FILE, RESULTS_FILE, SUMMARY_FILE] {
+            let p = dir.join(f);
+            match std::fs::remove_file(&p) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(&p, e)),
+                _ => {}
+            }
+        }
+    }
+    let resumed = match std::fs::read_to_string(&cfg_path) {
+        Ok(raw) => {
+            let old: serde_json::Value = serde_json::from_str(&raw)
+                .map_err(|e| Error::format(&cfg_path, format!("not valid JSON: {e}")))?;
+            if let Some(field) = first_difference(&old, config, "") {
+                return Err(Error::format(
+                    &cfg_path,
+                    format!(
+                        "the results here come from different settings (`{field}` differs); \
+                         pass --overwrite to start over or choose another --out"
+                    ),
+                ));
+            }
+            dir.join(RESULTS_FILE).exists()
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let text = serde_json::to_string_pretty(config).expect("plain data");
+            std::fs::write(&cfg_path, text).map_err(|e| Error::io(&cfg_path, e))?;
+            false
+        }
+        Err(e) => return Err(Error::io(&cfg_path, e)),
+    };
+    Ok(resumed)
+}
+
+/// Dotted path of the first field where `a` and `b` differ.
+fn first_difference(a: &serde_json::Value, b: &serde_json::Value, at: &str) -> Option<String> {
+    use serde_json::Value::Object;
+    match (a, b) {
+        (Object(x), Object(y)) => {
+            x.keys()
+                .chain(y.keys())
+                .find_map(|k| match (x.get(k), y.get(k)) {
+                    (Some(p), Some(q)) => first_difference(p, q, &format!("{at}{k}.")),
+                    _ => Some(format!("{at}{k}")),
+                })
+        }
+        _ if a == b => None,
+        _ => Some(at.trim_end_matches('.').to_string()),
+    }
+}
+
+/// serde for f32 that writes NaN as null (JSON has no NaN) and reads null back as NaN.
+pub mod nullable_f32 {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(x: &f32, s: S) -> Result<S::Ok, S::Error> {
+        if x.is_finite() {
+            s.serialize_f32(*x)
+        } else {
+            s.serialize_none()
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f32, D::Error> {
+        Ok(Option::<f32>::deserialize(d)?.unwrap_or(f32::NAN))
+    }
+}

@@ -1,0 +1,218 @@
+//! A whole attack run from a [`Plan`]: load the checkpoint and its tokenizer, build the
+//! examples, run, write results. The CLI and `examples/attack_model.rs` are thin layers
+//! over [`run_plan`].
+
+use super::budget::{pretraining_flops, Budget};
+use super::gcg::{Gcg, GcgConfig};
+use super::random_token::{RandomToken, RandomTokenConfig};
+use super::results::{prepare_dir, ResultsLog, RESULTS_FILE, SUMMARY_FILE};
+use super::runner::{run, Progress, RunOptions, RunOutput};
+use super::subject::{build_subjects, FastPaths, GoalSpec, Subject, Victim};
+use super::summary::RunInfo;
+use super::vocab::Vocab;
+use super::Attack;
+use crate::backend::cpu::Cpu;
+use crate::error::{Error, Result};
+use crate::model::config::HeadKind;
+use crate::model::Model;
+use crate::task::{Example, Task, ThreatModel, ATTACK_INIT_TEXT};
+use crate::tokenize::Tokenizer;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// The bundled PasswordMatch classifier, relative to the working directory.
+pub const DEFAULT_MODEL: &str = "models/pythia-password-match";
+
+/// Which attack, with its settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "name")]
+pub enum AttackSpec {
+    Gcg(GcgConfig),
+    RandomToken(RandomTokenConfig),
+}
+
+impl AttackSpec {
+    pub fn build(&self) -> Box<dyn Attack<Cpu>> {
+        match self {
+            AttackSpec::Gcg(c) => Box::new(Gcg::new(c.clone())),
+            AttackSpec::RandomToken(c) => Box::new(RandomToken::new(c.clone())),
+        }
+    }
+
+    fn filter(&self) -> bool {
+        match self {
+            AttackSpec::Gcg(c) => c.filter,
+            AttackSpec::RandomToken(c) => c.filter,
+        }
+    }
+}
+
+/// Everything that defines a run; saved as config.json, and a resume must find the same.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    pub model: PathBuf,
+    pub task: String,
+    /// JSONL examples for dataset tasks (spam, imdb, ...).
+    pub data: Option<PathBuf>,
+    pub examples: usize,
+    pub data_seed: u64,
+    pub threat: String,
+    pub attack: AttackSpec,
+    pub attack_tokens: usize,
+    /// Text the attack tokens are initialised from.
+    pub init: String,
+    /// Propose only tokens that decode to printable ASCII.
+    pub ascii_only: bool,
+    /// Target string for causal LMs (default: the wrong label's name).
+    pub target: Option<String>,
+    pub budget: Budget,
+    pub group_size: usize,
+    pub fast: FastPaths,
+}
+
+impl Plan {
+    /// The study's GCG on the bundled classifier: PasswordMatch, suffix, 20 examples.
+    pub fn study_gcg(model: PathBuf) -> Self {
+        Plan {
+            model,
+            task: "password-match".into(),
+            data: None,
+            examples: 20,
+            data_seed: 0,
+            threat: "suffix".into(),
+            attack: AttackSpec::Gcg(GcgConfig::default()),
+            attack_tokens: 10,
+            init: ATTACK_INIT_TEXT.into(),
+            ascii_only: true,
+            target: None,
+            budget: Budget {
+                iterations: 10,
+                flops: None,
+            },
+            group_size: 20,
+            fast: FastPaths::default(),
+        }
+    }
+}
+
+/// `n` examples of a task: synthetic tasks draw them from the validation half of the word
+/// list (never seen by a model trained with the same data seed); datasets read `data`.
+pub fn load_examples(
+    task: &Task,
+    data: Option<&Path>,
+    n: usize,
+    seed: u64,
+) -> Result<Vec<Example>> {
+    let mut ex = match task.split(0, n, seed) {
+        Ok((_, val)) => val,
+        Err(_) => task.load_jsonl(data)?,
+    };
+    ex.truncate(n);
+    if ex.is_empty() {
+        return Err(Error::input(format!(
+            "task `{}`: no examples",
+            task.def.name
+        )));
+    }
+    Ok(ex)
+}
+
+/// Initial attack ids: the tokens of `init` (the study's text by default), fitted to `n`.
+pub fn initial_attack(tok: &Tokenizer, init: &str, n: usize) -> Result<Vec<u32>> {
+    if init == ATTACK_INIT_TEXT {
+        return crate::task::attack_init(tok, n);
+    }
+    let ids = tok.encode(init)?;
+    if ids.is_empty() {
+        return Err(Error::input(format!(
+            "initial attack {init:?} tokenizes to nothing"
+        )));
+    }
+    Ok(ids.iter().cycle().take(n).copied().collect())
+}
+
+/// Runs (or resumes) `plan`, writing into `out`. `stop_after` ends the run after that
+/// iteration as if killed.
+pub fn run_plan(
+    plan: &Plan,
+    out: &Path,
+    overwrite: bool,
+    stop_after: Option<usize>,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<RunOutput> {
+    let model = Model::load(&plan.model, Cpu)?;
+    let tok = Tokenizer::from_file(&plan.model.join("tokenizer.json"))?;
+    let spec = match (model.cfg.head, &plan.target) {
+        (HeadKind::Classifier { .. }, Some(_)) => {
+            return Err(Error::input(format!(
+                "{}: a target string needs a causal-LM checkpoint; this one is a classifier",
+                plan.model.display()
+            )))
+        }
+        (HeadKind::Classifier { .. }, None) => GoalSpec::Classify,
+        (HeadKind::CausalLm, t) => GoalSpec::Target { text: t.clone() },
+    };
+    let task = Task::from_name(&plan.task)?;
+    if let (HeadKind::Classifier { num_labels }, n) = (model.cfg.head, task.def.num_labels()) {
+        if num_labels != n {
+            return Err(Error::input(format!(
+                "{}: the classifier has {num_labels} labels, task `{}` has {n}",
+                plan.model.display(),
+                plan.task
+            )));
+        }
+    }
+    let examples = load_examples(&task, plan.data.as_deref(), plan.examples, plan.data_seed)?;
+    let threat = ThreatModel::parse(&plan.threat)?;
+    let init = initial_attack(&tok, &plan.init, plan.attack_tokens)?;
+    let mut subjects: Vec<Subject<Cpu>> = build_subjects(
+        &tok,
+        &task.def,
+        &examples,
+        &threat,
+        plan.data_seed,
+        &spec,
+        &init,
+        plan.attack.filter(),
+    )?;
+    let vocab = Vocab::from_tokenizer(&tok, model.cfg.vocab, plan.ascii_only)?;
+    let victim = Victim {
+        model: &model,
+        tok: Some(&tok),
+        vocab: &vocab,
+        fast: plan.fast,
+    };
+    let config = serde_json::to_value(plan).map_err(|e| Error::Other(e.to_string()))?;
+    prepare_dir(out, &config, overwrite)?;
+    let mut log = ResultsLog::open(&out.join(RESULTS_FILE))?;
+    let attack = plan.attack.build();
+    let n_params = model.param_count();
+    let info = RunInfo {
+        attack: attack.name().into(),
+        task: plan.task.clone(),
+        model: plan.model.display().to_string(),
+        threat: threat.to_string(),
+        n_params,
+        pretraining_flops: pretraining_flops(&model.cfg, n_params),
+    };
+    let opts = RunOptions {
+        budget: plan.budget,
+        group_size: plan.group_size,
+        stop_after,
+    };
+    let res = run(
+        attack.as_ref(),
+        &victim,
+        &mut subjects,
+        &opts,
+        &mut log,
+        info,
+        progress,
+    )?;
+    if res.complete {
+        let p = out.join(SUMMARY_FILE);
+        let text = serde_json::to_string_pretty(&res.summary).expect("plain data");
+        std::fs::write(&p, text).map_err(|e| Error::io(&p, e))?;
+    }
+    Ok(res)
+}

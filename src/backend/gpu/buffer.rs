@@ -1,0 +1,157 @@
+//! Device buffers and the caching allocator under them.
+//!
+//! Buffers come from a size-bucketed free list, so a loop that allocates the same shapes
+//! every iteration (every GCG step) stops calling the device allocator after the first one;
+//! dropping a buffer returns its memory to the list. Reuse is safe without events because
+//! every device op is issued in order on one stream: a later op that reuses the memory runs
+//! after the earlier op that read it.
+//!
+//! Errors are sticky, as in CUDA: the Backend trait's ops cannot return a Result, so the
+//! first failure (out of memory, a failed launch) is recorded, later ops are skipped, and
+//! `GpuBackend::check` hands it to the caller as an `Err`.
+
+use super::device::{DType, DevicePtr, KernelDevice};
+use crate::error::Error;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// Allocation granularity: keeps bucket counts low and every buffer 256-byte aligned in size.
+const GRANULE: usize = 256;
+
+pub(crate) struct Inner<D: KernelDevice> {
+    pub(crate) dev: D,
+    free: Mutex<HashMap<usize, Vec<DevicePtr>>>,
+    error: Mutex<Option<Error>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding these locks cannot leave them inconsistent (plain maps/options).
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl<D: KernelDevice> Inner<D> {
+    pub(crate) fn new(dev: D) -> Self {
+        Inner {
+            dev,
+            free: Mutex::new(HashMap::new()),
+            error: Mutex::new(None),
+        }
+    }
+
+    /// Records the first error; later ones are consequences and are dropped.
+    pub(crate) fn fail(&self, e: Error) {
+        let mut slot = lock(&self.error);
+        if slot.is_none() {
+            *slot = Some(e);
+        }
+    }
+
+    pub(crate) fn failed(&self) -> bool {
+        lock(&self.error).is_some()
+    }
+
+    pub(crate) fn take_error(&self) -> Option<Error> {
+        lock(&self.error).take()
+    }
+
+    /// Memory for `bytes`, from the free list or the device; on out-of-memory the free list is
+    /// released and the allocation retried once before the error is recorded.
+    pub(crate) fn alloc(&self, bytes: usize) -> Option<DevicePtr> {
+        let bytes = bytes.max(1).div_ceil(GRANULE) * GRANULE;
+        if let Some(p) = lock(&self.free).get_mut(&bytes).and_then(Vec::pop) {
+            return Some(p);
+        }
+        match self.dev.alloc(bytes) {
+            Ok(p) => Some(p),
+            Err(_) => {
+                self.trim();
+                match self.dev.alloc(bytes) {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        self.fail(Error::Other(format!(
+                            "{}: allocating {bytes} bytes failed: {e}",
+                            self.dev.name()
+                        )));
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    fn release(&self, p: DevicePtr) {
+        lock(&self.free).entry(p.bytes).or_default().push(p);
+    }
+
+    /// Returns every cached block to the device.
+    pub(crate) fn trim(&self) {
+        let blocks: Vec<DevicePtr> = lock(&self.free).drain().flat_map(|(_, v)| v).collect();
+        for p in &blocks {
+            self.dev.free(p);
+        }
+    }
+}
+
+impl<D: KernelDevice> Drop for Inner<D> {
+    fn drop(&mut self) {
+        self.trim();
+    }
+}
+
+/// A device buffer of `len` elements of `dtype`. Memory is absent only after a failed
+/// allocation (the backend has recorded the error and skips ops that touch it).
+pub struct GpuBuf<D: KernelDevice> {
+    pub(crate) mem: Option<DevicePtr>,
+    pub(crate) len: usize,
+    pub(crate) dtype: DType,
+    pub(crate) inner: Arc<Inner<D>>,
+}
+
+impl<D: KernelDevice> GpuBuf<D> {
+    pub(crate) fn new(inner: &Arc<Inner<D>>, len: usize, dtype: DType) -> Self {
+        let mem = inner.alloc(len * dtype.size());
+        GpuBuf {
+            mem,
+            len,
+            dtype,
+            inner: inner.clone(),
+        }
+    }
+
+    /// Device address as kernels see it (0 when the allocation failed).
+    pub fn addr(&self) -> u64 {
+        self.mem.as_ref().map_or(0, |m| m.addr)
+    }
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    pub fn bytes(&self) -> usize {
+        self.len * self.dtype.size()
+    }
+}
+
+impl<D: KernelDevice> std::fmt::Debug for GpuBuf<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "GpuBuf({} x {:?} @ {:#x})",
+            self.len,
+            self.dtype,
+            self.addr()
+        )
+    }
+}
+
+impl<D: KernelDevice> Drop for GpuBuf<D> {
+    fn drop(&mut self) {
+        if let Some(p) = self.mem.take() {
+            self.inner.release(p);
+        }
+    }
+}

@@ -1,0 +1,794 @@
+//! Every GPU op against its CPU reference, ggml test-backend-ops style: random inputs at odd
+//! shapes, GpuBackend on the CPU execution harness (EmuDevice, always) and on a real GPU
+//! (feature `cuda`, when one is present; otherwise a visible SKIPPED line).
+//!
+//! Tolerances are relative to max |reference| (common::assert_close):
+//! - f32 storage: 1e-4 for everything (different summation orders, f32 libm vs CUDA math);
+//! - bf16 storage: the CPU reference runs on the bf16-rounded inputs, so the difference is
+//!   the bf16 rounding of the outputs (2^-8 relative) plus f32 noise: 1e-2 for one rounding,
+//!   2e-2 for ops that read back a rounded intermediate (norm and attention backward, chained
+//!   steps of the optimizers).
+//! - top-k and candidate sampling: bit-identical; arg-min: the same index.
+
+mod common;
+
+use armsrace::backend::cpu::{activation, attention, gcg, loss, norm, optim, rotary};
+use armsrace::backend::gpu::device::KernelDevice;
+use armsrace::backend::gpu::emu::EmuDevice;
+use armsrace::backend::gpu::{args, AdafactorBufs, GpuBackend, Precision};
+use armsrace::backend::{AttnShape, Backend, RotaryShape};
+use armsrace::model::config::{Activation, NormKind};
+use common::assert_close;
+use rand::{Rng, SeedableRng};
+
+type Rng64 = rand_chacha::ChaCha8Rng;
+
+fn rng(seed: u64) -> Rng64 {
+    Rng64::seed_from_u64(seed)
+}
+
+fn randn(r: &mut Rng64, n: usize, scale: f32) -> Vec<f32> {
+    (0..n)
+        .map(|_| (r.random::<f32>() * 2.0 - 1.0) * scale)
+        .collect()
+}
+
+/// One backend under test with the tolerance of its precision.
+struct Case<D: KernelDevice> {
+    be: GpuBackend<D>,
+    /// Tolerance for ops with one output rounding / with chained roundings.
+    tol: f32,
+    tol2: f32,
+}
+
+impl<D: KernelDevice> Case<D> {
+    fn new(dev: D, p: Precision) -> Self {
+        let (tol, tol2) = match p {
+            Precision::F32 => (1e-4, 1e-4),
+            Precision::Bf16 => (1e-2, 2e-2),
+        };
+        Case {
+            be: GpuBackend::new(dev, p),
+            tol,
+            tol2,
+        }
+    }
+    fn bf16(&self) -> bool {
+        self.be.precision() == Precision::Bf16
+    }
+    /// What the device will hold for `x`: the CPU reference must start from the same values.
+    fn q(&self, x: &[f32]) -> Vec<f32> {
+        if self.bf16() {
+            x.iter()
+                .map(|&v| half::bf16::from_f32(v).to_f32())
+                .collect()
+        } else {
+            x.to_vec()
+        }
+    }
+    fn up(&self, x: &[f32]) -> <GpuBackend<D> as Backend>::Buf {
+        self.be.upload(x)
+    }
+    fn down(&self, b: &<GpuBackend<D> as Backend>::Buf) -> Vec<f32> {
+        let v = self.be.download(b);
+        self.be.check().expect("device ops succeed");
+        v
+    }
+    fn what(&self, op: &str) -> String {
+        format!("{op} [{} {}]", self.be.device().name(), self.be.name())
+    }
+}
+
+/// One #[test] per op family: the harness in f32 and bf16, then GPU 0 when there is one.
+macro_rules! op_test {
+    ($name:ident, $body:ident) => {
+        #[test]
+        fn $name() {
+            for p in [Precision::F32, Precision::Bf16] {
+                $body(&Case::new(EmuDevice::new(), p));
+            }
+            #[cfg(feature = "cuda")]
+            match armsrace::backend::gpu::cuda::CudaDevice::new(0) {
+                Ok(_) => {
+                    for p in [Precision::F32, Precision::Bf16] {
+                        let dev = armsrace::backend::gpu::cuda::CudaDevice::new(0).expect("opened once");
+                        $body(&Case::new(dev, p));
+                    }
+                }
+                Err(e) => println!("SKIPPED: no CUDA device ({e}): {} ran on the CPU harness only", stringify!($name)),
+            }
+            #[cfg(not(feature = "cuda"))]
+            println!("SKIPPED: no CUDA device (built without feature `cuda`): {} ran on the CPU harness only", stringify!($name));
+        }
+    };
+}
+
+// ---- embedding, gathers, scatters --------------------------------------------------------
+
+fn embed_and_rows<D: KernelDevice>(c: &Case<D>) {
+    let mut r = rng(1);
+    let (vocab, dim, rows) = (517, 33, 7);
+    let table = c.q(&randn(&mut r, vocab * dim, 1.0));
+    let ids: Vec<u32> = vec![5, 516, 5, 0, 77, 5, 300];
+    let t = c.up(&table);
+    let mut out = c.be.zeros(rows * dim);
+    c.be.embed(&mut out, &t, &ids, dim);
+    let want: Vec<f32> = ids
+        .iter()
+        .flat_map(|&i| table[i as usize * dim..(i as usize + 1) * dim].to_vec())
+        .collect();
+    assert_close(&c.what("embed"), &c.down(&out), &want, 0.0);
+
+    // Backward with repeated ids (5 three times): grouped, no atomics.
+    let dout = c.q(&randn(&mut r, rows * dim, 1.0));
+    let base = c.q(&randn(&mut r, vocab * dim, 1.0));
+    let mut dt = c.up(&base);
+    c.be.embed_bwd(&mut dt, &c.up(&dout), &ids, dim);
+    let mut want = base.clone();
+    armsrace::Cpu.embed_bwd(&mut want, &dout, &ids, dim);
+    assert_close(&c.what("embed_bwd"), &c.down(&dt), &want, c.tol);
+
+    let sel = [6usize, 0, 3];
+    let x = c.q(&randn(&mut r, rows * dim, 1.0));
+    let mut g = c.be.zeros(sel.len() * dim);
+    c.be.gather_rows(&mut g, &c.up(&x), &sel, dim);
+    let mut want = vec![0.0; sel.len() * dim];
+    armsrace::Cpu.gather_rows(&mut want, &x, &sel, dim);
+    assert_close(&c.what("gather_rows"), &c.down(&g), &want, 0.0);
+
+    let src = c.q(&randn(&mut r, 4 * dim, 1.0));
+    let rows_sel = [2usize, 6, 2, 0];
+    let mut dx = c.up(&x);
+    c.be.scatter_add_rows(&mut dx, &c.up(&src), &rows_sel, dim);
+    let mut want = x.clone();
+    armsrace::Cpu.scatter_add_rows(&mut want, &src, &rows_sel, dim);
+    assert_close(&c.what("scatter_add_rows"), &c.down(&dx), &want, c.tol);
+}
+op_test!(embed_gather_scatter, embed_and_rows);
+
+// ---- GEMM ----------------------------------------------------------------------------------
+
+fn matmul_all<D: KernelDevice>(c: &Case<D>) {
+    let mut r = rng(2);
+    for &(m, k, n) in &[(7usize, 33usize, 517usize), (70, 130, 65), (1, 5, 3)] {
+        let inp = c.q(&randn(&mut r, m * k, 1.0));
+        let w = c.q(&randn(&mut r, n * k, 1.0));
+        let bias = c.q(&randn(&mut r, n, 1.0));
+        let prev = c.q(&randn(&mut r, m * n, 1.0));
+        for (with_bias, acc) in [(false, false), (true, false), (true, true), (false, true)] {
+            let mut out = c.up(&prev);
+            let b = c.up(&bias);
+            c.be.matmul(
+                &mut out,
+                &c.up(&inp),
+                &c.up(&w),
+                with_bias.then_some(&b),
+                m,
+                k,
+                n,
+                acc,
+            );
+            let mut want = prev.clone();
+            armsrace::Cpu.matmul(
+                &mut want,
+                &inp,
+                &w,
+                with_bias.then_some(&bias),
+                m,
+                k,
+                n,
+                acc,
+            );
+            assert_close(
+                &c.what(&format!("matmul {m}x{k}x{n} bias={with_bias} acc={acc}")),
+                &c.down(&out),
+                &want,
+                c.tol,
+            );
+        }
+        // Backward: dinp overwritten and accumulated, dw and dbias accumulated.
+        let dout = c.q(&randn(&mut r, m * n, 1.0));
+        let dinp0 = c.q(&randn(&mut r, m * k, 1.0));
+        let dw0 = c.q(&randn(&mut r, n * k, 1.0));
+        let db0 = c.q(&randn(&mut r, n, 1.0));
+        for acc in [false, true] {
+            let (mut di, mut dw, mut db) = (c.up(&dinp0), c.up(&dw0), c.up(&db0));
+            c.be.matmul_bwd(
+                Some((&mut di, acc)),
+                Some(&mut dw),
+                Some(&mut db),
+                &c.up(&dout),
+                &c.up(&inp),
+                &c.up(&w),
+                m,
+                k,
+                n,
+            );
+            let (mut wdi, mut wdw, mut wdb) = (dinp0.clone(), dw0.clone(), db0.clone());
+            armsrace::Cpu.matmul_bwd(
+                Some((&mut wdi, acc)),
+                Some(&mut wdw),
+                Some(&mut wdb),
+                &dout,
+                &inp,
+                &w,
+                m,
+                k,
+                n,
+            );
+            let what = |s: &str| c.what(&format!("matmul_bwd {s} {m}x{k}x{n} acc={acc}"));
+            assert_close(&what("dinp"), &c.down(&di), &wdi, c.tol);
+            assert_close(&what("dw"), &c.down(&dw), &wdw, c.tol);
+            assert_close(&what("dbias"), &c.down(&db), &wdb, c.tol);
+        }
+    }
+}
+op_test!(matmul_fwd_bwd, matmul_all);
+
+// ---- norms ---------------------------------------------------------------------------------
+
+fn norms<D: KernelDevice>(c: &Case<D>) {
+    let mut r = rng(3);
+    for kind in [NormKind::LayerNorm, NormKind::RmsNorm] {
+        for &(rows, dim) in &[(7usize, 33usize), (130, 300)] {
+            let x: Vec<f32> = c.q(&randn(&mut r, rows * dim, 2.0)
+                .iter()
+                .map(|v| v + 0.5)
+                .collect::<Vec<_>>());
+            let w = c.q(&randn(&mut r, dim, 1.0));
+            let b = c.q(&randn(&mut r, dim, 1.0));
+            let bias = (kind == NormKind::LayerNorm).then_some(&b);
+            let (mut out, mut mean, mut rstd) =
+                (c.be.zeros(rows * dim), c.be.zeros(rows), c.be.zeros(rows));
+            let (xb, wb, bb) = (c.up(&x), c.up(&w), c.up(&b));
+            c.be.norm(
+                kind,
+                &mut out,
+                &mut mean,
+                &mut rstd,
+                &xb,
+                &wb,
+                bias.map(|_| &bb),
+                rows,
+                dim,
+                1e-5,
+            );
+            let (mut wo, mut wm, mut wr) =
+                (vec![0.0; rows * dim], vec![0.0; rows], vec![0.0; rows]);
+            norm::norm_fwd(
+                kind,
+                &mut wo,
+                &mut wm,
+                &mut wr,
+                &x,
+                &w,
+                bias.map(|v| v.as_slice()),
+                dim,
+                1e-5,
+            );
+            let what = |s: &str| c.what(&format!("{kind:?} {s} {rows}x{dim}"));
+            assert_close(&what("out"), &c.down(&out), &wo, c.tol);
+            // Statistics are f32 in both precisions.
+            assert_close(&what("mean"), &c.down(&mean), &wm, 1e-5);
+            assert_close(&what("rstd"), &c.down(&rstd), &wr, 1e-5);
+
+            let dout = c.q(&randn(&mut r, rows * dim, 1.0));
+            let dx0 = c.q(&randn(&mut r, rows * dim, 1.0));
+            let (dw0, db0) = (c.q(&randn(&mut r, dim, 1.0)), c.q(&randn(&mut r, dim, 1.0)));
+            let (mut dx, mut dw, mut db) = (c.up(&dx0), c.up(&dw0), c.up(&db0));
+            c.be.norm_bwd(
+                kind,
+                &mut dx,
+                Some(&mut dw),
+                bias.map(|_| &mut db),
+                &c.up(&dout),
+                &xb,
+                &mean,
+                &rstd,
+                &wb,
+                rows,
+                dim,
+            );
+            let (mut wdx, mut wdw, mut wdb) = (dx0.clone(), dw0.clone(), db0.clone());
+            norm::norm_bwd(
+                kind,
+                &mut wdx,
+                Some(&mut wdw),
+                bias.map(|_| wdb.as_mut_slice()),
+                &dout,
+                &x,
+                &wm,
+                &wr,
+                &w,
+                dim,
+            );
+            assert_close(&what("dx"), &c.down(&dx), &wdx, c.tol2);
+            assert_close(&what("dw"), &c.down(&dw), &wdw, c.tol2);
+            assert_close(&what("db"), &c.down(&db), &wdb, c.tol2);
+        }
+    }
+}
+op_test!(layernorm_rmsnorm_fwd_bwd, norms);
+
+// ---- rotary --------------------------------------------------------------------------------
+
+fn rotary_all<D: KernelDevice>(c: &Case<D>) {
+    let mut r = rng(4);
+    let rows = 7;
+    for &(heads, kv_heads, head_dim, rot_dims) in &[
+        (6usize, 2usize, 24usize, 24usize),
+        (3, 3, 24, 6),
+        (4, 2, 40, 10),
+    ] {
+        let width = (heads + 2 * kv_heads) * head_dim;
+        let x = c.q(&randn(&mut r, rows * width, 1.0));
+        let positions: Vec<u32> = vec![0, 1, 2, 5, 100, 2047, 3];
+        let shape = RotaryShape {
+            rows,
+            heads,
+            kv_heads,
+            head_dim,
+            rot_dims,
+            base: 10000.0,
+        };
+        for inverse in [false, true] {
+            let mut b = c.up(&x);
+            c.be.rotary(&mut b, &positions, shape, inverse);
+            let mut want = x.clone();
+            rotary::rotary(&mut want, &positions, shape, inverse);
+            assert_close(
+                &c.what(&format!(
+                    "rotary {heads}/{kv_heads}x{head_dim} rot {rot_dims} inv={inverse}"
+                )),
+                &c.down(&b),
+                &want,
+                c.tol,
+            );
+        }
+    }
+}
+op_test!(rotary_partial_full_inverse, rotary_all);
+
+// ---- attention -----------------------------------------------------------------------------
+
+fn attention_all<D: KernelDevice>(c: &Case<D>) {
+    let mut r = rng(5);
+    // (batch, seq, heads, kv_heads, head_dim, prefix, lens)
+    type AttnCase = (usize, usize, usize, usize, usize, usize, &'static [usize]);
+    let cases: &[AttnCase] = &[
+        (2, 7, 6, 2, 24, 0, &[7, 4]),
+        (2, 7, 6, 2, 24, 5, &[7, 4]),
+        (1, 40, 3, 3, 40, 5, &[37]),
+        (3, 20, 4, 1, 16, 0, &[20, 0, 9]),
+    ];
+    for &(batch, seq, heads, kv_heads, head_dim, prefix, lens) in cases {
+        let s = AttnShape {
+            batch,
+            seq,
+            heads,
+            kv_heads,
+            head_dim,
+            prefix,
+        };
+        let width = s.qkv_dim();
+        let rows = batch * seq;
+        let qkv = c.q(&randn(&mut r, rows * width, 1.5));
+        let pre = c.q(&randn(&mut r, prefix.max(1) * width, 1.5));
+        let (qb, pb) = (c.up(&qkv), c.up(&pre));
+        let (mut out, mut lse) = (
+            c.be.zeros(rows * heads * head_dim),
+            c.be.zeros(rows * heads),
+        );
+        c.be.attention(
+            &mut out,
+            &mut lse,
+            &qb,
+            (prefix > 0).then_some(&pb),
+            lens,
+            s,
+        );
+        let (mut wo, mut wl) = (vec![0.0; rows * heads * head_dim], vec![0.0; rows * heads]);
+        attention::attention_fwd(
+            &mut wo,
+            &mut wl,
+            &qkv,
+            (prefix > 0).then_some(pre.as_slice()),
+            lens,
+            s,
+        );
+        let what = |x: &str| c.what(&format!("attention {x} {s:?} lens {lens:?}"));
+        assert_close(&what("out"), &c.down(&out), &wo, c.tol);
+        assert_close(
+            &what("lse"),
+            &c.down(&lse),
+            &wl,
+            if c.bf16() { 1e-3 } else { 1e-5 },
+        );
+        if prefix > 0 {
+            continue;
+        }
+        let dout = c.q(&randn(&mut r, rows * heads * head_dim, 1.0));
+        let mut dqkv = c.be.zeros(rows * width);
+        c.be.attention_bwd(&mut dqkv, &c.up(&dout), &qb, &out, &lse, lens, s);
+        // The reference reads the device's (rounded) forward output, as the backward does.
+        let out_dev = c.q(&c.down(&out));
+        let mut want = vec![0.0; rows * width];
+        attention::attention_bwd(&mut want, &dout, &qkv, &out_dev, &wl, lens, s);
+        assert_close(&what("dqkv"), &c.down(&dqkv), &want, c.tol2);
+    }
+}
+op_test!(attention_fwd_bwd_gqa_prefix_padding, attention_all);
+
+// ---- activations, elementwise, cross-entropy -------------------------------------------------
+
+fn activations<D: KernelDevice>(c: &Case<D>) {
+    let mut r = rng(6);
+    let (rows, inter) = (7, 33);
+    for act in [
+        Activation::Gelu,
+        Activation::GeluTanh,
+        Activation::SiluGated,
+    ] {
+        let up = if act == Activation::SiluGated {
+            2 * inter
+        } else {
+            inter
+        };
+        let u = c.q(&randn(&mut r, rows * up, 4.0));
+        let mut out = c.be.zeros(rows * inter);
+        c.be.activation(act, &mut out, &c.up(&u), rows, inter);
+        let mut want = vec![0.0; rows * inter];
+        activation::activation_fwd(act, &mut want, &u, inter);
+        assert_close(
+            &c.what(&format!("{act:?} fwd")),
+            &c.down(&out),
+            &want,
+            c.tol,
+        );
+        let dout = c.q(&randn(&mut r, rows * inter, 1.0));
+        let mut du = c.be.zeros(rows * up);
+        c.be.activation_bwd(act, &mut du, &c.up(&dout), &c.up(&u), rows, inter);
+        let mut want = vec![0.0; rows * up];
+        activation::activation_bwd(act, &mut want, &dout, &u, inter);
+        assert_close(&c.what(&format!("{act:?} bwd")), &c.down(&du), &want, c.tol);
+    }
+}
+op_test!(gelu_swiglu_fwd_bwd, activations);
+
+fn elementwise<D: KernelDevice>(c: &Case<D>) {
+    let mut r = rng(7);
+    let n = 1033;
+    let (a, b) = (c.q(&randn(&mut r, n, 1.0)), c.q(&randn(&mut r, n, 1.0)));
+    let (ab, bb) = (c.up(&a), c.up(&b));
+    let mut o = c.be.zeros(n);
+    c.be.add(&mut o, &ab, &bb);
+    let sum: Vec<f32> = a.iter().zip(&b).map(|(x, y)| x + y).collect();
+    assert_close(&c.what("add"), &c.down(&o), &sum, c.tol);
+    c.be.add_assign(&mut o, &ab);
+    let want: Vec<f32> = c.q(&sum).iter().zip(&a).map(|(x, y)| x + y).collect();
+    assert_close(&c.what("add_assign"), &c.down(&o), &want, c.tol);
+    c.be.copy(&mut o, &bb);
+    assert_close(&c.what("copy"), &c.down(&o), &b, 0.0);
+}
+op_test!(add_add_assign_copy, elementwise);
+
+fn cross_entropy<D: KernelDevice>(c: &Case<D>) {
+    let mut r = rng(8);
+    let (rows, classes) = (7, 517);
+    let logits = c.q(&randn(&mut r, rows * classes, 6.0));
+    let targets: Vec<u32> = vec![0, 516, 3, 3, 100, 250, 9];
+    let scale: Vec<f32> = vec![1.0, 0.5, 0.25, 2.0, 1.0, 1.0, 0.1];
+    let mut d = c.be.zeros(rows * classes);
+    let losses =
+        c.be.cross_entropy(&mut d, &c.up(&logits), &targets, &scale, classes);
+    let mut wd = vec![0.0; rows * classes];
+    let wl = loss::cross_entropy(&mut wd, &logits, &targets, &scale, classes);
+    assert_close(&c.what("cross_entropy losses"), &losses, &wl, 1e-5);
+    assert_close(&c.what("cross_entropy dlogits"), &c.down(&d), &wd, c.tol);
+}
+op_test!(row_cross_entropy, cross_entropy);
+
+fn lm_head<D: KernelDevice>(c: &Case<D>) {
+    let mut r = rng(9);
+    // Two vocab chunks (LM_HEAD_CHUNK + 37 columns) to cover the online fold across chunks.
+    for &(rows, hidden, vocab) in &[
+        (5usize, 33usize, 517usize),
+        (3, 16, gcg::LM_HEAD_CHUNK + 37),
+    ] {
+        let h = c.q(&randn(&mut r, rows * hidden, 1.0));
+        let w = c.q(&randn(&mut r, vocab * hidden, 1.0));
+        let targets: Vec<u32> = (0..rows).map(|i| ((i * 7919) % vocab) as u32).collect();
+        let scale: Vec<f32> = (0..rows).map(|i| 1.0 / (i + 1) as f32).collect();
+        let dw0 = c.q(&randn(&mut r, vocab * hidden, 0.1));
+        let (hb, wb) = (c.up(&h), c.up(&w));
+        let (mut dh, mut dw) = (c.be.zeros(rows * hidden), c.up(&dw0));
+        let got =
+            c.be.lm_head_ce(
+                &hb,
+                &wb,
+                &targets,
+                &scale,
+                hidden,
+                vocab,
+                Some((&mut dh, Some(&mut dw))),
+            )
+            .unwrap();
+        let (mut wdh, mut wdw) = (vec![0.0; rows * hidden], dw0.clone());
+        let want = gcg::lm_head_ce(
+            &h,
+            &w,
+            &targets,
+            &scale,
+            hidden,
+            vocab,
+            Some((&mut wdh, Some(&mut wdw))),
+        );
+        let what = |s: &str| c.what(&format!("lm_head_ce {s} {rows}x{hidden}x{vocab}"));
+        // bf16 rounds the logits chunk before the softmax: loose on the loss too.
+        assert_close(
+            &what("loss"),
+            &got,
+            &want,
+            if c.bf16() { 2e-2 } else { 1e-4 },
+        );
+        assert_close(&what("dh"), &c.down(&dh), &wdh, c.tol2);
+        assert_close(&what("dhead"), &c.down(&dw), &wdw, c.tol2);
+    }
+}
+op_test!(lm_head_cross_entropy_chunked, lm_head);
+
+// ---- GCG -----------------------------------------------------------------------------------
+
+fn topk<D: KernelDevice>(c: &Case<D>) {
+    let mut r = rng(10);
+    for &(rows, vocab, k) in &[
+        (3usize, 517usize, 37usize),
+        (2, 1000, 256),
+        (4, 300, 1),
+        (1, 2000, 100),
+    ] {
+        // Few distinct values: many ties, broken by id.
+        let g: Vec<f32> = (0..rows * vocab)
+            .map(|_| (r.random_range(0..40) as f32 - 20.0) * 0.125)
+            .collect();
+        let mut g = c.q(&g);
+        g[3] = f32::NAN;
+        let forbidden: Vec<u32> = (0..vocab as u32).filter(|i| i % 7 == 3).collect();
+        let got =
+            c.be.topk_onehot(&c.up(&g), rows, vocab, k, &forbidden)
+                .unwrap();
+        let want = gcg::topk_onehot(&g, rows, vocab, k, &forbidden).unwrap();
+        assert_eq!(
+            got,
+            want,
+            "{}",
+            c.what(&format!("topk {rows}x{vocab} k={k}"))
+        );
+    }
+    assert!(c.be.topk_onehot(&c.be.zeros(10), 1, 10, 11, &[]).is_err());
+}
+op_test!(onehot_grad_topk, topk);
+
+fn sampling<D: KernelDevice>(c: &Case<D>) {
+    let mut r = rng(11);
+    for &(positions, k, cands) in &[
+        (5usize, 37usize, 100usize),
+        (20, 256, 512),
+        (3, 4, 12),
+        (1, 1, 1),
+    ] {
+        let topk: Vec<u32> = (0..positions * k)
+            .map(|_| r.random_range(0..50000))
+            .collect();
+        let current: Vec<u32> = (0..positions).map(|_| r.random_range(0..50000)).collect();
+        for (seed, counter) in [(0u64, 0u64), (0xDEAD_BEEF_0123_4567, 99)] {
+            let got =
+                c.be.sample_candidates(&topk, &current, k, cands, seed, counter)
+                    .unwrap();
+            let want = gcg::sample_candidates(&topk, &current, k, cands, seed, counter).unwrap();
+            assert_eq!(
+                got,
+                want,
+                "{}",
+                c.what(&format!("sample {positions}x{k} cands {cands}"))
+            );
+        }
+    }
+}
+op_test!(candidate_sampling_bit_identical, sampling);
+
+fn argmin<D: KernelDevice>(c: &Case<D>) {
+    let mut r = rng(12);
+    let cands = 600;
+    let offsets: Vec<u32> = (0..=cands as u32).map(|i| i * 3 + i / 7).collect();
+    let rows = *offsets.last().unwrap() as usize;
+    let mut row_loss = randn(&mut r, rows, 5.0)
+        .iter()
+        .map(|x| x.abs())
+        .collect::<Vec<_>>();
+    row_loss[10] = f32::NAN;
+    let scale = randn(&mut r, rows, 1.0)
+        .iter()
+        .map(|x| x.abs())
+        .collect::<Vec<_>>();
+    let (got, gi) = c.be.candidate_losses(&row_loss, &scale, &offsets).unwrap();
+    let (want, wi) = gcg::candidate_losses(&row_loss, &scale, &offsets);
+    let finite = |v: &[f32]| {
+        v.iter()
+            .map(|x| if x.is_nan() { -1.0 } else { *x })
+            .collect::<Vec<_>>()
+    };
+    assert_close(
+        &c.what("candidate losses"),
+        &finite(&got),
+        &finite(&want),
+        1e-5,
+    );
+    assert_eq!(gi, wi, "{}", c.what("candidate argmin"));
+}
+op_test!(candidate_loss_argmin, argmin);
+
+// ---- optimizers ----------------------------------------------------------------------------
+
+fn optimizers<D: KernelDevice>(c: &Case<D>) {
+    let mut r = rng(13);
+    let (rows, cols) = (7, 33);
+    let hp = optim::AdamW {
+        lr: 1e-2,
+        ..optim::AdamW::default()
+    };
+    let p0 = c.q(&randn(&mut r, rows * cols, 1.0));
+    let (mut p, mut m, mut v) = (c.up(&p0), c.be.zeros(rows * cols), c.be.zeros(rows * cols));
+    let (mut wp, mut wm, mut wv) = (p0.clone(), vec![0.0; rows * cols], vec![0.0; rows * cols]);
+    for step in 1..=3 {
+        let g = c.q(&randn(&mut r, rows * cols, 1.0));
+        c.be.adamw(&mut p, &c.up(&g), &mut m, &mut v, &hp, step);
+        optim::adamw_step(&mut wp, &g, &mut wm, &mut wv, &hp, step);
+        wp = c.q(&wp); // the device stores parameters at its precision between steps
+    }
+    assert_close(&c.what("adamw p"), &c.down(&p), &wp, c.tol2);
+    assert_close(&c.what("adamw m"), &c.down(&m), &wm, c.tol2);
+    assert_close(&c.what("adamw v"), &c.down(&v), &wv, c.tol2);
+
+    let hp = optim::Adafactor {
+        lr: 1e-2,
+        weight_decay: 0.1,
+        ..optim::Adafactor::default()
+    };
+    // Matrix (factored) and vector (full second moment).
+    let (mut p, mut row, mut col) = (c.up(&p0), c.be.zeros(rows), c.be.zeros(cols));
+    let (mut wp, mut wrow, mut wcol) = (p0.clone(), vec![0.0; rows], vec![0.0; cols]);
+    let v0 = c.q(&randn(&mut r, cols, 1.0));
+    let (mut pv, mut vv) = (c.up(&v0), c.be.zeros(cols));
+    let (mut wpv, mut wvv) = (v0.clone(), vec![0.0; cols]);
+    for step in 1..=3 {
+        let g = c.q(&randn(&mut r, rows * cols, 1.0));
+        c.be.adafactor(
+            &mut p,
+            &c.up(&g),
+            rows,
+            cols,
+            AdafactorBufs::Factored {
+                row: &mut row,
+                col: &mut col,
+            },
+            &hp,
+            step,
+        );
+        optim::adafactor_step(
+            &mut wp,
+            &g,
+            rows,
+            cols,
+            optim::AdafactorState::Factored {
+                row: &mut wrow,
+                col: &mut wcol,
+            },
+            &hp,
+            step,
+        );
+        wp = c.q(&wp);
+        let gv = c.q(&randn(&mut r, cols, 1.0));
+        c.be.adafactor(
+            &mut pv,
+            &c.up(&gv),
+            cols,
+            1,
+            AdafactorBufs::Vector { v: &mut vv },
+            &hp,
+            step,
+        );
+        optim::adafactor_step(
+            &mut wpv,
+            &gv,
+            cols,
+            1,
+            optim::AdafactorState::Vector { v: &mut wvv },
+            &hp,
+            step,
+        );
+        wpv = c.q(&wpv);
+    }
+    assert_close(&c.what("adafactor p"), &c.down(&p), &wp, c.tol2);
+    assert_close(&c.what("adafactor row"), &c.down(&row), &wrow, 1e-4);
+    assert_close(&c.what("adafactor col"), &c.down(&col), &wcol, 1e-4);
+    assert_close(&c.what("adafactor vector p"), &c.down(&pv), &wpv, c.tol2);
+    assert_close(&c.what("adafactor vector v"), &c.down(&vv), &wvv, 1e-4);
+}
+op_test!(adamw_adafactor, optimizers);
+
+// ---- the kernel argument structs -------------------------------------------------------------
+
+/// The kernel compiler's sizeof of every args.h struct equals Rust's: the bindgen copy in
+/// src/backend/gpu/args.rs cannot have drifted from the header the kernels were built with.
+/// (With feature `cuda`, the build itself regenerates args.rs with bindgen and fails on any
+/// difference; without it that check needs libclang and is skipped.)
+fn layout<D: KernelDevice>(c: &Case<D>) {
+    use std::mem::size_of;
+    let rust = [
+        size_of::<args::EwArgs>(),
+        size_of::<args::GatherArgs>(),
+        size_of::<args::ScatterArgs>(),
+        size_of::<args::ColSumArgs>(),
+        size_of::<args::NormFwdArgs>(),
+        size_of::<args::NormBwdArgs>(),
+        size_of::<args::RotaryArgs>(),
+        size_of::<args::AttnFwdArgs>(),
+        size_of::<args::AttnBwdArgs>(),
+        size_of::<args::ActArgs>(),
+        size_of::<args::CeArgs>(),
+        size_of::<args::CeChunkArgs>(),
+        size_of::<args::GemmArgs>(),
+        size_of::<args::TopkArgs>(),
+        size_of::<args::SampleArgs>(),
+        size_of::<args::CandArgs>(),
+        size_of::<args::AdamwArgs>(),
+        size_of::<args::AdafactorArgs>(),
+        size_of::<args::LayoutArgs>(),
+    ];
+    let dev: Vec<usize> =
+        c.be.args_layout()
+            .unwrap()
+            .iter()
+            .map(|&x| x as usize)
+            .collect();
+    assert_eq!(dev, rust, "{}", c.what("args.h struct sizes"));
+}
+op_test!(kernel_args_layout, layout);
+
+#[test]
+fn bindgen_args_check() {
+    if cfg!(feature = "cuda") {
+        println!(
+            "args.rs: regenerated by bindgen and compared in this build (kernels/build/nvcc.rs)"
+        );
+    } else {
+        println!(
+            "SKIPPED: bindgen regeneration of src/backend/gpu/args.rs needs feature `cuda` \
+             (and libclang: bash scripts/install-nvcc.sh); struct sizes are checked by kernel_args_layout"
+        );
+    }
+}
+
+/// The GPU benchmarks (scripts/gpu-check.sh runs this with --ignored on a GPU machine):
+/// writes the report as JSON to $ARMSRACE_BENCH_JSON when set.
+#[test]
+#[ignore = "GPU benchmark: run by scripts/gpu-check.sh"]
+fn gpu_benchmarks() {
+    #[cfg(feature = "cuda")]
+    {
+        use armsrace::backend::gpu::bench;
+        let iters = std::env::var("ARMSRACE_BENCH_ITERS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(3);
+        let report = bench::run_cuda(bench::PRESETS, iters).expect("benchmarks ran");
+        let json = serde_json::to_string_pretty(&report).unwrap();
+        println!("{json}");
+        if let Ok(path) = std::env::var("ARMSRACE_BENCH_JSON") {
+            std::fs::write(&path, json).unwrap_or_else(|e| panic!("{path}: {e}"));
+        }
+    }
+    #[cfg(not(feature = "cuda"))]
+    println!("SKIPPED: GPU benchmarks need feature `cuda` and a GPU");
+}
