@@ -957,9 +957,23 @@ extern "C" uint64_t armsrace_emu_check_guards(const ArmsEmuRegion* r, uint64_t* 
     unsigned char* hi = data + round_up((size_t)r->bytes, 16);
     uint64_t bad = 0;
     *first = 0;
+    const uint64_t pattern = 0x0101010101010101ull * ARMSRACE_EMU_GUARD_BYTE;
     unsigned char* const spans[2][2] = {{lo, data}, {end, hi}};
     for (const auto& s : spans) {
-        for (unsigned char* p = s[0]; p < s[1]; p++) {
+        unsigned char* p = s[0];
+        // Whole words first (the usual, intact case), then the bytes of any that differ.
+        for (; p + 8 <= s[1]; p += 8) {
+            uint64_t word;
+            memcpy(&word, p, 8);
+            if (word == pattern) continue;
+            for (unsigned char* q = p; q < p + 8; q++) {
+                if (*q != ARMSRACE_EMU_GUARD_BYTE) {
+                    if (!bad++) *first = (uint64_t)(uintptr_t)q;
+                    *q = ARMSRACE_EMU_GUARD_BYTE;
+                }
+            }
+        }
+        for (; p < s[1]; p++) {
             if (*p != ARMSRACE_EMU_GUARD_BYTE) {
                 if (!bad++) *first = (uint64_t)(uintptr_t)p;
                 *p = ARMSRACE_EMU_GUARD_BYTE;

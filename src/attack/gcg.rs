@@ -13,11 +13,21 @@ use crate::backend::Backend;
 use crate::error::Result;
 use crate::flops;
 use crate::model::batch::Batch;
+use crate::model::config::ModelConfig;
 use crate::model::{GradRequest, Objective};
 use serde::{Deserialize, Serialize};
 
-/// Padded tokens per gradient batch: examples are attacked together in chunks this big.
-const GRAD_TOKENS: usize = 16 * 1024;
+/// Floats of saved activations one gradient batch may hold (1 GiB): examples are attacked
+/// together in chunks that fit.
+const GRAD_FLOATS: usize = 256 << 20;
+
+/// Padded tokens per gradient batch (at least one example's worth).
+fn grad_tokens(cfg: &ModelConfig) -> usize {
+    // What `LayerActs` keeps per token and layer.
+    let per_token = cfg.layers
+        * (8 * cfg.hidden + cfg.qkv_dim() + cfg.attn_dim() + cfg.up_rows() + cfg.intermediate);
+    GRAD_FLOATS / per_token.max(1)
+}
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GcgConfig {
@@ -72,8 +82,12 @@ impl Gcg {
     }
 
     /// Forward + backward on every example's current prompt, batched (in chunks of at most
-    /// GRAD_TOKENS padded tokens).
+    /// `grad_tokens` padded tokens).
     fn gradients<B: Backend>(&self, v: &Victim<B>, subs: &[&Subject<B>]) -> Result<Vec<GradOut>> {
+        for s in subs {
+            s.goal.validate(v.width())?;
+        }
+        let budget = grad_tokens(&v.model.cfg);
         let mut out = Vec::with_capacity(subs.len());
         let mut i = 0;
         while i < subs.len() {
@@ -81,7 +95,7 @@ impl Gcg {
             let mut longest = subs[i].len(subs[i].state.ids.len());
             while j < subs.len() {
                 let l = longest.max(subs[j].len(subs[j].state.ids.len()));
-                if l * (j + 1 - i) > GRAD_TOKENS {
+                if l * (j + 1 - i) > budget {
                     break;
                 }
                 longest = l;

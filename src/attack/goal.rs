@@ -1,6 +1,7 @@
 //! What an attack tries to achieve on one example, and how a candidate's loss and success
 //! are read off the head outputs at the example's loss rows.
 
+use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 
 /// The attacker's goal on one example.
@@ -28,6 +29,25 @@ impl Goal {
         match self {
             Goal::Classify { .. } => &[],
             Goal::Target { ids } => ids,
+        }
+    }
+
+    /// Checks the goal's ids against the head width (labels, or the vocab of a causal LM).
+    pub fn validate(&self, width: usize) -> Result<()> {
+        let bad = match self {
+            Goal::Classify { label, target } => {
+                [*label, *target].into_iter().find(|&l| l as usize >= width)
+            }
+            Goal::Target { ids } if ids.is_empty() => {
+                return Err(Error::input("the target string has no tokens"))
+            }
+            Goal::Target { ids } => ids.iter().copied().find(|&t| t as usize >= width),
+        };
+        match bad {
+            Some(id) => Err(Error::input(format!(
+                "goal id {id} is out of range for a head of width {width}"
+            ))),
+            None => Ok(()),
         }
     }
 

@@ -4,7 +4,7 @@
 use super::budget::random_token_nominal;
 use super::goal::LossKind;
 use super::rng::{stream, Purpose};
-use super::scoring::score;
+use super::scoring::{score_many, Job};
 use super::subject::{Subject, Victim};
 use super::{Attack, StepReport};
 use crate::backend::Backend;
@@ -45,26 +45,17 @@ impl RandomToken {
         RandomToken { cfg }
     }
 
-    fn one<B: Backend>(
+    /// This iteration's tokens for `s`: (ids, draws made, whether they passed the check).
+    fn draw<B: Backend>(
         &self,
         v: &Victim<B>,
-        s: &mut Subject<B>,
+        s: &Subject<B>,
         iteration: usize,
-    ) -> Result<StepReport> {
-        let model = v.model;
-        let mut cache_cost = 0.0;
-        if v.fast.prefix_cache {
-            s.ensure_cache(model)?;
-            if iteration == 1 && !s.prompt.before.is_empty() {
-                cache_cost = flops::executed_forward(&model.cfg, 1, s.prompt.before.len(), 0, 0);
-            }
-        }
+    ) -> Result<(Vec<u32>, usize, bool)> {
         let n = s.state.ids.len();
         let allowed = v.vocab.allowed();
         let mut rng = stream(self.cfg.seed, s.index, iteration, Purpose::RandomTokens);
-        let mut draws = 0;
-        let ids = loop {
-            draws += 1;
+        for draws in 1.. {
             let ids: Vec<u32> = (0..n)
                 .map(|_| allowed[rng.random_range(0..allowed.len())])
                 .collect();
@@ -72,25 +63,11 @@ impl RandomToken {
                 (true, Some(rc), Some(tok)) => rc.check(tok, &ids)?,
                 _ => true,
             };
-            if ok {
-                break (ids, true);
+            if ok || draws == MAX_DRAWS {
+                return Ok((ids, draws, ok));
             }
-            if draws == MAX_DRAWS {
-                break (ids, false);
-            }
-        };
-        let (ids, passed) = ids;
-        let sc = score(v, s, std::slice::from_ref(&ids), None, self.cfg.loss)?;
-        s.state.ids = ids;
-        Ok(StepReport {
-            loss: sc.losses[0],
-            success: sc.success[0],
-            success_before: false,
-            scored: 1,
-            rejected: draws - usize::from(passed),
-            nominal: random_token_nominal(model.param_count(), s.len(n)),
-            executed: sc.executed + cache_cost,
-        })
+        }
+        unreachable!("the loop returns by MAX_DRAWS")
     }
 }
 
@@ -111,16 +88,56 @@ impl<B: Backend> Attack<B> for RandomToken {
         true
     }
 
-    /// Examples are independent here (one short forward each), so they run side by side.
+    /// Every example's draw is scored in one packed forward (see `scoring::score_many`).
     fn step(
         &self,
         v: &Victim<B>,
         batch: &mut [&mut Subject<B>],
         iteration: usize,
     ) -> Result<Vec<StepReport>> {
-        batch
-            .par_iter_mut()
-            .map(|s| self.one(v, s, iteration))
-            .collect()
+        let model = v.model;
+        // Prompt caches are built once; their cost is booked to iteration 1 (as GCG does).
+        let mut cache_cost = vec![0.0; batch.len()];
+        if v.fast.prefix_cache {
+            for (c, s) in cache_cost.iter_mut().zip(batch.iter_mut()) {
+                s.ensure_cache(model)?;
+                if iteration == 1 && !s.prompt.before.is_empty() {
+                    *c = flops::executed_forward(&model.cfg, 1, s.prompt.before.len(), 0, 0);
+                }
+            }
+        }
+        let draws: Vec<(Vec<u32>, usize, bool)> = batch
+            .par_iter()
+            .map(|s| self.draw(v, s, iteration))
+            .collect::<Result<_>>()?;
+        let cands: Vec<Vec<Vec<u32>>> = draws.iter().map(|d| vec![d.0.clone()]).collect();
+        let jobs: Vec<Job<'_, B>> = batch
+            .iter()
+            .zip(&cands)
+            .map(|(s, c)| Job {
+                subject: &**s,
+                cands: c,
+                reference: None,
+            })
+            .collect();
+        let scored = score_many(v, &jobs, self.cfg.loss)?;
+        drop(jobs);
+        let n_params = model.param_count();
+        let mut reports = Vec::with_capacity(batch.len());
+        for (((s, (ids, draws, passed)), sc), cc) in
+            batch.iter_mut().zip(draws).zip(scored).zip(cache_cost)
+        {
+            s.state.ids = ids;
+            reports.push(StepReport {
+                loss: sc.losses[0],
+                success: sc.success[0],
+                success_before: false,
+                scored: 1,
+                rejected: draws - usize::from(passed),
+                nominal: random_token_nominal(n_params, s.len(s.state.ids.len())),
+                executed: sc.executed + cc,
+            });
+        }
+        Ok(reports)
     }
 }

@@ -222,6 +222,15 @@ pub fn run<B: Backend>(
 /// Clean classification (or target check) of a group: who is attacked.
 fn clean_lines<B: Backend>(v: &Victim<B>, group: &[Subject<B>]) -> Result<Vec<Line>> {
     let width = v.width();
+    for s in group {
+        s.goal.validate(width)?;
+        if s.clean_ids.is_empty() {
+            return Err(Error::input(format!(
+                "example {}: the clean prompt has no tokens",
+                s.index
+            )));
+        }
+    }
     let mut out = Vec::with_capacity(group.len());
     let mut i = 0;
     while i < group.len() {

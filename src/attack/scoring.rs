@@ -14,11 +14,20 @@ use super::subject::{Subject, Victim};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::model::batch::Batch;
-use crate::model::scoring::PrefixView;
+use crate::model::config::ModelConfig;
+use crate::model::scoring::{PrefixView, Segment};
+use crate::model::transformer::PrefixCache;
 use std::collections::BTreeMap;
 
-/// Rows (tokens) per forward call: bounds activation memory for long prompts.
-const MAX_ROWS: usize = 32 * 1024;
+/// Floats of transient activations one forward call may hold (1 GiB).
+const CALL_FLOATS: usize = 256 << 20;
+
+/// Rows (tokens) per forward call, so that one layer's temporaries fit CALL_FLOATS.
+fn max_rows(cfg: &ModelConfig) -> usize {
+    let per_row =
+        4 * cfg.hidden + cfg.qkv_dim() + cfg.attn_dim() + cfg.up_rows() + cfg.intermediate;
+    (CALL_FLOATS / per_row.max(1)).max(1)
+}
 
 /// Per candidate loss and success, and the executed FLOPs it took.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -38,8 +47,15 @@ fn check_lengths(cands: &[Vec<u32>]) -> Result<usize> {
     Ok(n)
 }
 
-/// Scores `cands` on `s`, the fast way when `v.fast` allows. `reference` is the attack the
-/// candidates were derived from (the current one): groups form by first difference to it.
+/// Candidates of one example to score: attacks derived from `reference` (the current
+/// attack; groups form by first difference to it).
+pub struct Job<'a, B: Backend> {
+    pub subject: &'a Subject<B>,
+    pub cands: &'a [Vec<u32>],
+    pub reference: Option<&'a [u32]>,
+}
+
+/// Scores `cands` on `s`, the fast way when `v.fast` allows (see [`score_many`]).
 pub fn score<B: Backend>(
     v: &Victim<B>,
     s: &Subject<B>,
@@ -47,81 +63,171 @@ pub fn score<B: Backend>(
     reference: Option<&[u32]>,
     loss: LossKind,
 ) -> Result<Scored> {
-    if cands.is_empty() {
-        return Ok(Scored::default());
-    }
+    let job = Job {
+        subject: s,
+        cands,
+        reference,
+    };
+    Ok(score_many(v, std::slice::from_ref(&job), loss)?.remove(0))
+}
+
+/// What the fast path needs to know about one job.
+struct Plan<B: Backend> {
+    l0: usize,
+    full_len: usize,
+    /// after ++ target: the tokens every continuation ends with.
+    tail: Vec<u32>,
+    /// Loss positions in the full sequence.
+    positions: Vec<usize>,
+    /// The prompt cache extended by the reference's first tokens (groups past 0 view it).
+    ext: Option<PrefixCache<B::Buf>>,
+}
+
+/// Scores several examples' candidates. Each example's candidates are grouped by their
+/// first attack position p that differs from its reference; a group runs only its tokens
+/// from p on, against a view of the example's cache extended by the reference up to p.
+/// Groups of all examples are packed into calls of at most `max_rows` rows, so the GEMMs
+/// see every group at once while attention runs per group against its own prefix.
+pub fn score_many<B: Backend>(
+    v: &Victim<B>,
+    jobs: &[Job<'_, B>],
+    loss: LossKind,
+) -> Result<Vec<Scored>> {
+    let mut out: Vec<Scored> = jobs
+        .iter()
+        .map(|j| Scored {
+            losses: vec![0.0; j.cands.len()],
+            success: vec![false; j.cands.len()],
+            executed: 0.0,
+        })
+        .collect();
     if !v.fast.prefix_cache {
-        return score_naive(v, s, cands, loss);
-    }
-    let n = check_lengths(cands)?;
-    let l0 = s.prompt.before.len();
-    if l0 > 0 && s.cache().is_none() {
-        return Err(Error::input(format!(
-            "example {}: the prompt cache is not built (call Subject::ensure_cache)",
-            s.index
-        )));
-    }
-    let reference = reference.filter(|r| v.fast.group_reuse && r.len() == n);
-    let mut groups: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-    for (i, c) in cands.iter().enumerate() {
-        // At least one attack token stays in the continuation, so it is never empty.
-        let p = reference.map_or(0, |r| first_diff(c, r).min(n - 1));
-        groups.entry(p).or_default().push(i);
-    }
-    let model = v.model;
-    let cfg = &model.cfg;
-    let max_p = *groups.keys().next_back().unwrap_or(&0);
-    let mut out = Scored {
-        losses: vec![0.0; cands.len()],
-        success: vec![false; cands.len()],
-        executed: 0.0,
-    };
-    // The current attack's first max_p tokens appended to the prompt cache, once.
-    let ext = match (max_p, reference) {
-        (p, Some(r)) if p > 0 => {
-            out.executed += executed_lean(cfg, 1, p, l0, Top::QkvOnly);
-            Some(model.extend_prefix(s.cache(), &r[..p])?)
+        for (o, j) in out.iter_mut().zip(jobs) {
+            *o = score_naive(v, j.subject, j.cands, loss)?;
         }
-        _ => None,
-    };
-    let tail: Vec<u32> = s.sequence(&[])[l0..].to_vec(); // after ++ target
-    let full_len = s.len(n);
-    let positions = s.loss_positions(full_len);
-    let m = positions.len();
-    let width = v.width();
-    for (&p, idxs) in &groups {
-        let view = match (&ext, p) {
-            (_, 0) => s.cache().map(PrefixView::all),
-            (Some(e), p) => Some(PrefixView::new(e, l0 + p)?),
-            (None, _) => unreachable!("groups past 0 exist only with a reference"),
+        return Ok(out);
+    }
+    let (model, width) = (v.model, v.width());
+    let cfg = &model.cfg;
+    let max_rows = max_rows(cfg);
+    let mut plans = Vec::with_capacity(jobs.len());
+    // Pieces: (job, group start p, candidates) of at most max_rows rows each.
+    let mut pieces: Vec<(usize, usize, Vec<usize>)> = Vec::new();
+    for (ji, job) in jobs.iter().enumerate() {
+        let s = job.subject;
+        s.goal.validate(width)?;
+        let l0 = s.prompt.before.len();
+        if job.cands.is_empty() {
+            plans.push(None);
+            continue;
+        }
+        let n = check_lengths(job.cands)?;
+        if l0 > 0 && s.cache().is_none() {
+            return Err(Error::input(format!(
+                "example {}: the prompt cache is not built (call Subject::ensure_cache)",
+                s.index
+            )));
+        }
+        let reference = job.reference.filter(|r| v.fast.group_reuse && r.len() == n);
+        let mut groups: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        for (i, c) in job.cands.iter().enumerate() {
+            // At least one attack token stays in the continuation, so it is never empty.
+            let p = reference.map_or(0, |r| first_diff(c, r).min(n - 1));
+            groups.entry(p).or_default().push(i);
+        }
+        let max_p = *groups.keys().next_back().unwrap_or(&0);
+        // The reference's first max_p tokens appended to the prompt cache, once.
+        let ext = match (max_p, reference) {
+            (p, Some(r)) if p > 0 => {
+                out[ji].executed += executed_lean(cfg, 1, p, l0, Top::QkvOnly);
+                Some(model.extend_prefix(s.cache(), &r[..p])?)
+            }
+            _ => None,
         };
-        let start = l0 + p;
-        let seq = full_len - start;
-        for chunk in idxs.chunks((MAX_ROWS / seq).max(1)) {
+        let full_len = s.len(n);
+        for (&p, idxs) in &groups {
+            let seq = full_len - l0 - p;
+            pieces.extend(
+                idxs.chunks((max_rows / seq).max(1))
+                    .map(|c| (ji, p, c.to_vec())),
+            );
+        }
+        plans.push(Some(Plan::<B> {
+            l0,
+            full_len,
+            tail: s.sequence(&[])[l0..].to_vec(),
+            positions: s.loss_positions(full_len),
+            ext,
+        }));
+    }
+    let plan = |ji: usize| plans[ji].as_ref().expect("jobs with pieces have a plan");
+    let mut at = 0;
+    while at < pieces.len() {
+        let mut end = at;
+        let mut rows_in = 0;
+        while end < pieces.len() {
+            let (ji, p, c) = &pieces[end];
+            let r = c.len() * (plan(*ji).full_len - plan(*ji).l0 - p);
+            if end > at && rows_in + r > max_rows {
+                break;
+            }
+            rows_in += r;
+            end += 1;
+        }
+        let call = &pieces[at..end];
+        at = end;
+        let mut batches = Vec::with_capacity(call.len());
+        let mut rows = Vec::with_capacity(call.len());
+        for (ji, p, chunk) in call {
+            let pl = plan(*ji);
+            let (start, seq) = (pl.l0 + p, pl.full_len - pl.l0 - p);
             let mut ids = Vec::with_capacity(chunk.len() * seq);
             for &i in chunk {
-                ids.extend_from_slice(&cands[i][p..]);
-                ids.extend_from_slice(&tail);
+                ids.extend_from_slice(&jobs[*ji].cands[i][*p..]);
+                ids.extend_from_slice(&pl.tail);
             }
-            let batch = Batch {
+            batches.push(Batch {
                 ids,
                 batch: chunk.len(),
                 seq,
                 lens: vec![seq; chunk.len()],
-            };
-            let rows: Vec<usize> = (0..chunk.len())
-                .flat_map(|b| positions.iter().map(move |&t| b * seq + t - start))
-                .collect();
-            let logits = model.logits_at_rows(view.as_ref(), &batch, &rows, v.fast.shortcut)?;
-            for (b, &i) in chunk.iter().enumerate() {
-                let z = &logits[b * m * width..(b + 1) * m * width];
-                (out.losses[i], out.success[i]) = evaluate(&s.goal, loss, z, width);
-            }
+            });
+            let pos = &pl.positions;
+            rows.push(
+                (0..chunk.len())
+                    .flat_map(|b| pos.iter().map(move |&t| b * seq + t - start))
+                    .collect::<Vec<usize>>(),
+            );
             let top = Top::Rows {
-                rows: rows.len(),
+                rows: chunk.len() * pos.len(),
                 shortcut: v.fast.shortcut,
             };
-            out.executed += executed_lean(cfg, chunk.len(), seq, start, top);
+            out[*ji].executed += executed_lean(cfg, chunk.len(), seq, start, top);
+        }
+        let mut segs = Vec::with_capacity(call.len());
+        for (k, (ji, p, _)) in call.iter().enumerate() {
+            let (pl, s) = (plan(*ji), jobs[*ji].subject);
+            let prefix = match (&pl.ext, *p) {
+                (_, 0) => s.cache().map(PrefixView::all),
+                (Some(e), p) => Some(PrefixView::new(e, pl.l0 + p)?),
+                (None, _) => unreachable!("groups past 0 exist only with a reference"),
+            };
+            segs.push(Segment {
+                prefix,
+                batch: &batches[k],
+                rows: &rows[k],
+            });
+        }
+        let logits = model.logits_multi(&segs, v.fast.shortcut)?;
+        let mut z = logits.as_slice();
+        for (ji, _, chunk) in call {
+            let block = plan(*ji).positions.len() * width;
+            let goal = &jobs[*ji].subject.goal;
+            for &i in chunk {
+                let (zi, rest) = z.split_at(block);
+                z = rest;
+                (out[*ji].losses[i], out[*ji].success[i]) = evaluate(goal, loss, zi, width);
+            }
         }
     }
     Ok(out)
@@ -138,11 +244,12 @@ pub fn score_naive<B: Backend>(
         return Ok(Scored::default());
     }
     let n = check_lengths(cands)?;
+    s.goal.validate(v.width())?;
     let seq = s.len(n);
     let positions = s.loss_positions(seq);
     let (m, width) = (positions.len(), v.width());
     let mut out = Scored::default();
-    for chunk in cands.chunks((MAX_ROWS / seq).max(1)) {
+    for chunk in cands.chunks((max_rows(&v.model.cfg) / seq).max(1)) {
         let ids: Vec<u32> = chunk.iter().flat_map(|c| s.sequence(c)).collect();
         let batch = Batch {
             ids,

@@ -257,13 +257,14 @@ fn print_summary(s: &Summary, out: &std::path::Path) {
         s.attacked,
         s.skipped
     );
+    // FLOP columns: what one example costs for that many iterations (mean per iteration).
     println!(
-        "{:>10} {:>8} {:>16} {:>16}",
-        "iteration", "ASR", "nominal/example", "executed/example"
+        "{:>10} {:>8} {:>18} {:>18}",
+        "iteration", "ASR", "nominal FLOPs/ex", "executed FLOPs/ex"
     );
     for i in rows(s.iterations) {
         println!(
-            "{:>10} {:>7.1}% {:>16.3e} {:>16.3e}",
+            "{:>10} {:>7.1}% {:>18.3e} {:>18.3e}",
             i,
             100.0 * s.asr[i],
             i as f64 * s.nominal_flops_per_iteration,

@@ -26,6 +26,14 @@ pub struct PrefixView<'a, Buf> {
     pub len: usize,
 }
 
+// Manual impls: a view is two plain fields, whatever the buffer type is.
+impl<Buf> Clone for PrefixView<'_, Buf> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<Buf> Copy for PrefixView<'_, Buf> {}
+
 impl<'a, Buf> PrefixView<'a, Buf> {
     pub fn new(cache: &'a PrefixCache<Buf>, len: usize) -> Result<Self> {
         if len == 0 || len > cache.len {
@@ -46,14 +54,22 @@ impl<'a, Buf> PrefixView<'a, Buf> {
     }
 }
 
+/// Continuations of one shape run against one prefix: a part of a multi-prefix batch.
+pub struct Segment<'a, Buf> {
+    pub prefix: Option<PrefixView<'a, Buf>>,
+    pub batch: &'a Batch,
+    /// Rows of `batch` whose head outputs are wanted.
+    pub rows: &'a [usize],
+}
+
 /// What the top of the lean stack must produce.
 #[derive(Clone, Copy)]
-enum Top<'a> {
+enum Top {
     /// Only every layer's qkv (extending a cache): the last layer stops after rotary.
     QkvOnly,
-    /// The final hidden states at these rows; `shortcut` runs the last layer's attention
-    /// output projection and MLP for these rows only.
-    Rows { rows: &'a [usize], shortcut: bool },
+    /// The final hidden states at the segments' rows; `shortcut` runs the last layer's
+    /// attention output projection and MLP for those rows only.
+    Rows { shortcut: bool },
 }
 
 impl<B: Backend> Model<B> {
@@ -73,8 +89,12 @@ impl<B: Backend> Model<B> {
             seq: ids.len(),
             lens: vec![ids.len()],
         };
-        let view = cache.map(PrefixView::all);
-        let (_, new) = self.lean_stack(view.as_ref(), &batch, Top::QkvOnly, true)?;
+        let seg = Segment {
+            prefix: cache.map(PrefixView::all),
+            batch: &batch,
+            rows: &[],
+        };
+        let (_, new) = self.lean_stack(std::slice::from_ref(&seg), Top::QkvOnly, true)?;
         let Some(cache) = cache else {
             return Ok(PrefixCache {
                 len: ids.len(),
@@ -118,18 +138,25 @@ impl<B: Backend> Model<B> {
         rows: &[usize],
         shortcut: bool,
     ) -> Result<Vec<f32>> {
-        if rows.is_empty() {
-            return Err(Error::input("logits_at_rows: no rows requested"));
+        let seg = Segment {
+            prefix: prefix.copied(),
+            batch,
+            rows,
+        };
+        self.logits_multi(std::slice::from_ref(&seg), shortcut)
+    }
+
+    /// [`Self::logits_at_rows`] for several segments at once, each against its own prefix:
+    /// the GEMMs see all their rows together (bigger, faster), attention runs per segment.
+    /// Outputs are in segment order, each segment's in the order of its rows.
+    pub fn logits_multi(&self, segs: &[Segment<'_, B::Buf>], shortcut: bool) -> Result<Vec<f32>> {
+        let n: usize = segs.iter().map(|s| s.rows.len()).sum();
+        if n == 0 {
+            return Err(Error::input("logits: no rows requested"));
         }
-        if let Some(&r) = rows.iter().find(|&&r| r >= batch.rows()) {
-            return Err(Error::input(format!(
-                "row {r} is outside the batch ({} rows)",
-                batch.rows()
-            )));
-        }
-        let (x, _) = self.lean_stack(prefix, batch, Top::Rows { rows, shortcut }, false)?;
+        let (x, _) = self.lean_stack(segs, Top::Rows { shortcut }, false)?;
         let x = x.expect("Top::Rows yields hidden states");
-        let all: Vec<usize> = (0..rows.len()).collect();
+        let all: Vec<usize> = (0..n).collect();
         Ok(self.backend.download(&self.head_forward(&x, &all).0))
     }
 
@@ -208,50 +235,60 @@ impl<B: Backend> Model<B> {
         matches!(self.cfg.head, HeadKind::Classifier { .. })
     }
 
-    /// The layer stack without saved activations. Returns the hidden states the top asks
-    /// for and, with `keep_qkv`, every layer's qkv (after rotary) for a cache.
+    /// The layer stack without saved activations, over one or more segments whose rows
+    /// are concatenated: projections and MLP run on all rows at once, attention per segment
+    /// against its own prefix. Returns the hidden states the top asks for (rows in segment
+    /// order) and, with `keep_qkv`, every layer's qkv (after rotary) for a cache.
     fn lean_stack(
         &self,
-        prefix: Option<&PrefixView<'_, B::Buf>>,
-        batch: &Batch,
-        top: Top<'_>,
+        segs: &[Segment<'_, B::Buf>],
+        top: Top,
         keep_qkv: bool,
     ) -> Result<StackOut<B::Buf>> {
-        batch.check_vocab(self.cfg.vocab)?;
-        if let Some(p) = prefix {
-            if p.cache.layers.len() != self.cfg.layers {
+        let mut offsets = Vec::with_capacity(segs.len());
+        let mut ids = Vec::new();
+        let mut positions = Vec::new();
+        let mut sel = Vec::new();
+        for s in segs {
+            s.batch.check_vocab(self.cfg.vocab)?;
+            if let Some(p) = &s.prefix {
+                if p.cache.layers.len() != self.cfg.layers {
+                    return Err(Error::input(format!(
+                        "prefix cache has {} layers, the model {}",
+                        p.cache.layers.len(),
+                        self.cfg.layers
+                    )));
+                }
+            }
+            if let Some(&r) = s.rows.iter().find(|&&r| r >= s.batch.rows()) {
                 return Err(Error::input(format!(
-                    "prefix cache has {} layers, the model {}",
-                    p.cache.layers.len(),
-                    self.cfg.layers
+                    "row {r} is outside the batch ({} rows)",
+                    s.batch.rows()
                 )));
             }
+            let (at, p_len) = (ids.len(), s.prefix.as_ref().map_or(0, |p| p.len));
+            offsets.push(at);
+            sel.extend(s.rows.iter().map(|&r| at + r));
+            ids.extend_from_slice(&s.batch.ids);
+            positions.extend((0..s.batch.rows()).map(|r| (p_len + r % s.batch.seq) as u32));
         }
         let (be, h) = (&self.backend, self.cfg.hidden);
-        let p_len = prefix.map_or(0, |p| p.len);
-        let rows = batch.rows();
-        let positions: Vec<u32> = (0..rows).map(|r| (p_len + r % batch.seq) as u32).collect();
-        let mut x = be.zeros(rows * h);
-        be.embed(&mut x, &self.weights.embed, &batch.ids, h);
+        let mut x = be.zeros(ids.len() * h);
+        be.embed(&mut x, &self.weights.embed, &ids, h);
+        let ctx = LayerCtx {
+            segs,
+            offsets: &offsets,
+            rows: ids.len(),
+            positions: &positions,
+            keep_qkv,
+        };
         let mut kept = Vec::new();
         let last = self.cfg.layers - 1;
         for li in 0..self.cfg.layers {
             let mode = match (li == last, top) {
                 (true, Top::QkvOnly) => LayerMode::QkvOnly,
-                (
-                    true,
-                    Top::Rows {
-                        rows,
-                        shortcut: true,
-                    },
-                ) => LayerMode::Rows(rows),
+                (true, Top::Rows { shortcut: true }) => LayerMode::Rows(&sel),
                 _ => LayerMode::Full,
-            };
-            let ctx = LayerCtx {
-                batch,
-                positions: &positions,
-                prefix,
-                keep_qkv,
             };
             match self.lean_layer(li, x, &ctx, mode, &mut kept) {
                 Some(next) => x = next,
@@ -259,12 +296,9 @@ impl<B: Backend> Model<B> {
             }
         }
         let out = match top {
-            Top::Rows {
-                rows,
-                shortcut: false,
-            } => {
-                let mut g = be.zeros(rows.len() * h);
-                be.gather_rows(&mut g, &x, rows, h);
+            Top::Rows { shortcut: false } => {
+                let mut g = be.zeros(sel.len() * h);
+                be.gather_rows(&mut g, &x, &sel, h);
                 g
             }
             _ => x,
@@ -272,8 +306,59 @@ impl<B: Backend> Model<B> {
         Ok((Some(out), kept))
     }
 
+    /// Attention of every segment into `att` [rows, attn_dim] (and `lse`): in place when
+    /// there is one segment, else each segment's qkv rows are gathered, attended against its
+    /// prefix and its output scattered back.
+    fn segment_attention(&self, li: usize, ctx: &LayerCtx<'_, '_, B::Buf>, qkv: &B::Buf) -> B::Buf {
+        let (be, cfg) = (&self.backend, &self.cfg);
+        let (qd, ad) = (cfg.qkv_dim(), cfg.attn_dim());
+        let shape = |s: &Segment<'_, B::Buf>| AttnShape {
+            batch: s.batch.batch,
+            seq: s.batch.seq,
+            heads: cfg.heads,
+            kv_heads: cfg.kv_heads,
+            head_dim: cfg.head_dim,
+            prefix: s.prefix.as_ref().map_or(0, |p| p.len),
+        };
+        fn prefix_qkv<'s, Buf>(s: &'s Segment<'_, Buf>, li: usize) -> Option<&'s Buf> {
+            s.prefix.as_ref().map(|p| &p.cache.layers[li])
+        }
+        let mut att = be.zeros(ctx.rows * ad);
+        if let [s] = ctx.segs {
+            let mut lse = be.zeros(ctx.rows * cfg.heads);
+            be.attention(
+                &mut att,
+                &mut lse,
+                qkv,
+                prefix_qkv(s, li),
+                &s.batch.lens,
+                shape(s),
+            );
+            return att;
+        }
+        for (s, &at) in ctx.segs.iter().zip(ctx.offsets) {
+            let n = s.batch.rows();
+            let rows: Vec<usize> = (at..at + n).collect();
+            let mut q = be.zeros(n * qd);
+            be.gather_rows(&mut q, qkv, &rows, qd);
+            let mut out = be.zeros(n * ad);
+            let mut lse = be.zeros(n * cfg.heads);
+            be.attention(
+                &mut out,
+                &mut lse,
+                &q,
+                prefix_qkv(s, li),
+                &s.batch.lens,
+                shape(s),
+            );
+            // `att` is zero here, so adding is a copy.
+            be.scatter_add_rows(&mut att, &out, &rows, ad);
+        }
+        att
+    }
+
     /// One layer. `LayerMode::Rows` continues after attention with the selected rows only
-    /// (the output has rows.len() rows); `QkvOnly` returns None after the qkv projection.
+    /// (the output has that many rows); `QkvOnly` returns None after the qkv projection.
     fn lean_layer(
         &self,
         li: usize,
@@ -283,7 +368,7 @@ impl<B: Backend> Model<B> {
         kept: &mut Vec<B::Buf>,
     ) -> Option<B::Buf> {
         let (be, cfg, lw) = (&self.backend, &self.cfg, &self.weights.layers[li]);
-        let (h, rows, eps) = (cfg.hidden, ctx.batch.rows(), cfg.norm_eps);
+        let (h, rows, eps) = (cfg.hidden, ctx.rows, cfg.norm_eps);
         let (qd, ad, ud, id) = (
             cfg.qkv_dim(),
             cfg.attn_dim(),
@@ -329,18 +414,7 @@ impl<B: Backend> Model<B> {
             kept.push(qkv);
             return None;
         }
-        let mut att = be.zeros(rows * ad);
-        let mut lse = be.zeros(rows * cfg.heads);
-        let shape = AttnShape {
-            batch: ctx.batch.batch,
-            seq: ctx.batch.seq,
-            heads: cfg.heads,
-            kv_heads: cfg.kv_heads,
-            head_dim: cfg.head_dim,
-            prefix: ctx.prefix.map_or(0, |p| p.len),
-        };
-        let prefix_qkv = ctx.prefix.map(|p| &p.cache.layers[li]);
-        be.attention(&mut att, &mut lse, &qkv, prefix_qkv, &ctx.batch.lens, shape);
+        let att = self.segment_attention(li, ctx, &qkv);
         if ctx.keep_qkv {
             kept.push(qkv);
         }
@@ -403,8 +477,10 @@ enum LayerMode<'a> {
 }
 
 struct LayerCtx<'b, 'a, Buf> {
-    batch: &'b Batch,
+    segs: &'b [Segment<'a, Buf>],
+    /// First row of each segment in the concatenated rows.
+    offsets: &'b [usize],
+    rows: usize,
     positions: &'b [u32],
-    prefix: Option<&'b PrefixView<'a, Buf>>,
     keep_qkv: bool,
 }
