@@ -5,27 +5,63 @@ use crate::error::{Error, Result};
 use crate::model::config::ModelConfig;
 use serde_json::json;
 
-/// (name, hidden, layers, heads, kv_heads, intermediate, vocab, tied)
-const PRESETS: &[(&str, usize, usize, usize, usize, usize, usize, bool)] = &[
-    ("pythia-14m", 128, 6, 4, 4, 512, 50304, false),
-    ("pythia-31m", 256, 6, 8, 8, 1024, 50304, false),
-    ("pythia-70m", 512, 6, 8, 8, 2048, 50304, false),
-    ("pythia-160m", 768, 12, 12, 12, 3072, 50304, false),
-    ("pythia-410m", 1024, 24, 16, 16, 4096, 50304, false),
-    ("pythia-1b", 2048, 16, 8, 8, 8192, 50304, false),
-    ("pythia-1.4b", 2048, 24, 16, 16, 8192, 50304, false),
-    ("pythia-2.8b", 2560, 32, 32, 32, 10240, 50304, false),
-    ("pythia-6.9b", 4096, 32, 32, 32, 16384, 50432, false),
-    ("pythia-12b", 5120, 36, 40, 40, 20480, 50688, false),
-    ("qwen2.5-0.5b", 896, 24, 14, 2, 4864, 151936, true),
-    ("qwen2.5-1.5b", 1536, 28, 12, 2, 8960, 151936, true),
-    ("qwen2.5-3b", 2048, 36, 16, 2, 11008, 151936, true),
-    ("qwen2.5-7b", 3584, 28, 28, 4, 18944, 152064, false),
-    ("qwen2.5-14b", 5120, 48, 40, 8, 13824, 152064, false),
+/// One model shape of a family.
+struct Preset {
+    name: &'static str,
+    hidden: usize,
+    layers: usize,
+    heads: usize,
+    kv_heads: usize,
+    intermediate: usize,
+    vocab: usize,
+    tied: bool,
+}
+
+/// Table rows read (name, hidden, layers, heads, kv_heads, intermediate, vocab, tied);
+/// positional so the table stays one line per model.
+#[allow(clippy::too_many_arguments)]
+const fn p(
+    name: &'static str,
+    hidden: usize,
+    layers: usize,
+    heads: usize,
+    kv_heads: usize,
+    intermediate: usize,
+    vocab: usize,
+    tied: bool,
+) -> Preset {
+    Preset {
+        name,
+        hidden,
+        layers,
+        heads,
+        kv_heads,
+        intermediate,
+        vocab,
+        tied,
+    }
+}
+
+const PRESETS: &[Preset] = &[
+    p("pythia-14m", 128, 6, 4, 4, 512, 50304, false),
+    p("pythia-31m", 256, 6, 8, 8, 1024, 50304, false),
+    p("pythia-70m", 512, 6, 8, 8, 2048, 50304, false),
+    p("pythia-160m", 768, 12, 12, 12, 3072, 50304, false),
+    p("pythia-410m", 1024, 24, 16, 16, 4096, 50304, false),
+    p("pythia-1b", 2048, 16, 8, 8, 8192, 50304, false),
+    p("pythia-1.4b", 2048, 24, 16, 16, 8192, 50304, false),
+    p("pythia-2.8b", 2560, 32, 32, 32, 10240, 50304, false),
+    p("pythia-6.9b", 4096, 32, 32, 32, 16384, 50432, false),
+    p("pythia-12b", 5120, 36, 40, 40, 20480, 50688, false),
+    p("qwen2.5-0.5b", 896, 24, 14, 2, 4864, 151936, true),
+    p("qwen2.5-1.5b", 1536, 28, 12, 2, 8960, 151936, true),
+    p("qwen2.5-3b", 2048, 36, 16, 2, 11008, 151936, true),
+    p("qwen2.5-7b", 3584, 28, 28, 4, 18944, 152064, false),
+    p("qwen2.5-14b", 5120, 48, 40, 8, 13824, 152064, false),
 ];
 
 pub fn names() -> Vec<&'static str> {
-    PRESETS.iter().map(|p| p.0).collect()
+    PRESETS.iter().map(|p| p.name).collect()
 }
 
 /// Pretraining tokens D of the family (for "compute / pretraining compute" = 6 N D).
@@ -41,13 +77,21 @@ pub fn pretraining_tokens(name: &str) -> Option<f64> {
 
 /// The config.json a Hugging Face checkpoint of this shape would carry.
 pub fn config_json(name: &str, classifier: Option<usize>) -> Result<serde_json::Value> {
-    let &(_, hidden, layers, heads, kv, inter, vocab, tied) =
-        PRESETS.iter().find(|p| p.0 == name).ok_or_else(|| {
-            Error::input(format!(
-                "unknown preset `{name}`; known: {}",
-                names().join(", ")
-            ))
-        })?;
+    let &Preset {
+        hidden,
+        layers,
+        heads,
+        kv_heads: kv,
+        intermediate: inter,
+        vocab,
+        tied,
+        ..
+    } = PRESETS.iter().find(|p| p.name == name).ok_or_else(|| {
+        Error::input(format!(
+            "unknown preset `{name}`; known: {}",
+            names().join(", ")
+        ))
+    })?;
     let mut v = if name.starts_with("pythia") {
         json!({
             "architectures": [if classifier.is_some() { "GPTNeoXForSequenceClassification" } else { "GPTNeoXForCausalLM" }],

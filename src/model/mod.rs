@@ -46,6 +46,17 @@ pub struct LossGrads {
     pub weight_grads: Option<Weights<Vec<f32>>>,
 }
 
+/// The final norm and head on selected rows, with what their backward needs.
+pub(crate) struct HeadActs<T> {
+    pub logits: T,
+    /// Gathered residual rows (the norm's input).
+    pub xf: T,
+    /// Normed rows (the head matmul's input).
+    pub nf: T,
+    pub mean: T,
+    pub rstd: T,
+}
+
 pub struct Model<B: Backend> {
     pub cfg: ModelConfig,
     pub weights: Weights<B::Buf>,
@@ -145,11 +156,7 @@ impl<B: Backend> Model<B> {
     }
 
     /// Final norm + head on selected rows of the residual stream: [rows.len(), head width].
-    fn head_forward(
-        &self,
-        x_out: &B::Buf,
-        rows: &[usize],
-    ) -> (B::Buf, B::Buf, B::Buf, B::Buf, B::Buf) {
+    fn head_forward(&self, x_out: &B::Buf, rows: &[usize]) -> HeadActs<B::Buf> {
         let (be, h, r) = (&self.backend, self.cfg.hidden, rows.len());
         let mut xf = be.zeros(r * h);
         be.gather_rows(&mut xf, x_out, rows, h);
@@ -172,7 +179,13 @@ impl<B: Backend> Model<B> {
         let c = self.head_width();
         let mut logits = be.zeros(r * c);
         be.matmul(&mut logits, &nf, self.head_matrix(), None, r, h, c, false);
-        (logits, xf, nf, mean, rstd)
+        HeadActs {
+            logits,
+            xf,
+            nf,
+            mean,
+            rstd,
+        }
     }
 
     /// Classifier: logits [batch, labels] at each sequence's last real token.
@@ -185,7 +198,7 @@ impl<B: Backend> Model<B> {
         };
         Ok(self
             .backend
-            .download(&self.head_forward(&trace.x_out, &rows).0))
+            .download(&self.head_forward(&trace.x_out, &rows).logits))
     }
 
     /// Runs `ids` once and keeps every layer's keys and values for continuations.
@@ -236,7 +249,7 @@ impl<B: Backend> Model<B> {
         };
         Ok(self
             .backend
-            .download(&self.head_forward(&trace.x_out, &rows).0))
+            .download(&self.head_forward(&trace.x_out, &rows).logits))
     }
 
     /// Per-sequence losses of continuations against a cached prefix (no gradients).
@@ -248,7 +261,7 @@ impl<B: Backend> Model<B> {
     ) -> Result<Vec<f32>> {
         let lr = self.loss_rows(batch, objective)?;
         let trace = self.run_stack(batch, Some(cache), false)?;
-        let (logits, ..) = self.head_forward(&trace.x_out, &lr.rows);
+        let logits = self.head_forward(&trace.x_out, &lr.rows).logits;
         let mut dl = self.backend.zeros(self.backend.len(&logits));
         let losses =
             self.backend
@@ -345,7 +358,13 @@ impl<B: Backend> Model<B> {
         let be = &self.backend;
         let (h, c, rows) = (self.cfg.hidden, self.head_width(), batch.rows());
         let trace = self.run_stack(batch, None, true)?;
-        let (logits, _xf, nf, mean, rstd) = self.head_forward(&trace.x_out, &lr.rows);
+        let HeadActs {
+            logits,
+            xf,
+            nf,
+            mean,
+            rstd,
+        } = self.head_forward(&trace.x_out, &lr.rows);
         let r = lr.rows.len();
         let mut dlogits = be.zeros(r * c);
         let losses = be.cross_entropy(&mut dlogits, &logits, &lr.targets, &lr.scale, c);
@@ -376,7 +395,6 @@ impl<B: Backend> Model<B> {
             Some(g) => (Some(&mut g.final_w), g.final_b.as_mut()),
             None => (None, None),
         };
-        let xf = _xf;
         be.norm_bwd(
             self.cfg.norm,
             &mut dxf,
@@ -392,16 +410,7 @@ impl<B: Backend> Model<B> {
         );
         let mut dx = be.zeros(rows * h);
         be.scatter_add_rows(&mut dx, &dxf, &lr.rows, h);
-        let demb = backward_stack(
-            be,
-            &self.cfg,
-            w,
-            &trace,
-            &batch.lens,
-            batch.batch,
-            dx,
-            grads.as_mut(),
-        );
+        let demb = backward_stack(be, &self.cfg, w, &trace, &batch.lens, dx, grads.as_mut());
 
         let onehot_grad = req.onehot_rows.as_ref().map(|sel| {
             let mut d = be.zeros(sel.len() * h);

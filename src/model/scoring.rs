@@ -157,7 +157,7 @@ impl<B: Backend> Model<B> {
         let (x, _) = self.lean_stack(segs, Top::Rows { shortcut }, false)?;
         let x = x.expect("Top::Rows yields hidden states");
         let all: Vec<usize> = (0..n).collect();
-        Ok(self.backend.download(&self.head_forward(&x, &all).0))
+        Ok(self.backend.download(&self.head_forward(&x, &all).logits))
     }
 
     /// One-hot gradient of an arbitrary loss of the head outputs at `rows`: `dlogits` gets
@@ -179,7 +179,13 @@ impl<B: Backend> Model<B> {
         }
         let (be, h, c) = (&self.backend, self.cfg.hidden, self.head_width());
         let trace = self.run_stack(batch, None, true)?;
-        let (logits, xf, nf, mean, rstd) = self.head_forward(&trace.x_out, rows);
+        let super::HeadActs {
+            logits,
+            xf,
+            nf,
+            mean,
+            rstd,
+        } = self.head_forward(&trace.x_out, rows);
         let host = be.download(&logits);
         let dl = dlogits(&host);
         if dl.len() != host.len() {
@@ -220,7 +226,7 @@ impl<B: Backend> Model<B> {
         );
         let mut dx = be.zeros(batch.rows() * h);
         be.scatter_add_rows(&mut dx, &dxf, rows, h);
-        let demb = backward_stack(be, &self.cfg, w, &trace, &batch.lens, batch.batch, dx, None);
+        let demb = backward_stack(be, &self.cfg, w, &trace, &batch.lens, dx, None);
         let n = onehot_rows.len();
         let mut d = be.zeros(n * h);
         be.gather_rows(&mut d, &demb, onehot_rows, h);

@@ -225,13 +225,13 @@ fn layer_forward<B: Backend>(
 
 /// Backward through the layer stack. `dx` is the gradient w.r.t. `trace.x_out`; returns the
 /// gradient w.r.t. the embedding output. Weight gradients accumulate into `grads` if given.
+/// `lens` holds one real length per sequence of the traced batch.
 pub fn backward_stack<B: Backend>(
     be: &B,
     cfg: &ModelConfig,
     w: &Weights<B::Buf>,
     trace: &Trace<B::Buf>,
     lens: &[usize],
-    batch: usize,
     mut dx: B::Buf,
     mut grads: Option<&mut Weights<B::Buf>>,
 ) -> B::Buf {
@@ -240,7 +240,7 @@ pub fn backward_stack<B: Backend>(
         cfg.layers,
         "backward needs a trace with kept activations"
     );
-    let (h, rows) = (cfg.hidden, trace.rows);
+    let (h, rows, batch) = (cfg.hidden, trace.rows, lens.len());
     let seq = rows / batch;
     let (qd, ad, ud, id) = (
         cfg.qkv_dim(),

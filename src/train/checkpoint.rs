@@ -204,7 +204,9 @@ pub fn load_state(
     let ts: TrainerState =
         serde_json::from_str(&text).map_err(|e| Error::format(&p, e.to_string()))?;
     let p = dir.join("optimizer.safetensors");
-    let store = crate::model::safetensors_store::SafetensorsStore::open_files_public(&[p.clone()])?;
+    let store = crate::model::safetensors_store::SafetensorsStore::open_files_public(
+        std::slice::from_ref(&p),
+    )?;
     let mut state = vec![TensorState::default(); n_tensors];
     for name in store.names().map(str::to_owned).collect::<Vec<_>>() {
         let data = store.get(&name)?.to_f32();

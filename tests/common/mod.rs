@@ -73,7 +73,8 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], rel_tol: f32) {
     let (mut worst, mut at) = (0.0f32, 0);
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
         let d = (g - w).abs();
-        if !(d <= worst) {
+        // A NaN difference must win too, so this is not `d > worst`.
+        if d.is_nan() || d > worst {
             worst = d;
             at = i;
         }

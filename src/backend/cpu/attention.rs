@@ -56,7 +56,7 @@ pub fn attention_fwd(
                 let n_new = (t + 1).min(len);
                 let n = p_len + n_new;
                 let mut max = f32::NEG_INFINITY;
-                for j in 0..n {
+                for (j, score) in scores.iter_mut().enumerate().take(n) {
                     let krow = if j < p_len {
                         &prefix.unwrap()[j * width + k_off..j * width + k_off + hd]
                     } else {
@@ -64,13 +64,13 @@ pub fn attention_fwd(
                         &qkv[r * width + k_off..r * width + k_off + hd]
                     };
                     let sc = dot(q, krow) * scale;
-                    scores[j] = sc;
+                    *score = sc;
                     max = max.max(sc);
                 }
                 acc.fill(0.0);
                 let mut sum = 0.0f32;
-                for j in 0..n {
-                    let p = (scores[j] - max).exp();
+                for (j, &score) in scores.iter().enumerate().take(n) {
+                    let p = (score - max).exp();
                     sum += p;
                     let vrow = if j < p_len {
                         &prefix.unwrap()[j * width + v_off..j * width + v_off + hd]
@@ -78,8 +78,8 @@ pub fn attention_fwd(
                         let r = b * t_len + (j - p_len);
                         &qkv[r * width + v_off..r * width + v_off + hd]
                     };
-                    for d in 0..hd {
-                        acc[d] += p * vrow[d];
+                    for (a, &v) in acc.iter_mut().zip(vrow) {
+                        *a += p * v;
                     }
                 }
                 // A padded query past the end of an empty sequence sees no keys at all.
@@ -88,8 +88,8 @@ pub fn attention_fwd(
                 // qh in this kv head's group); indices are in bounds by the asserts above.
                 unsafe {
                     let o = out_p.ptr().add(row * out_w + qh * hd);
-                    for d in 0..hd {
-                        *o.add(d) = acc[d] * inv;
+                    for (d, &a) in acc.iter().enumerate() {
+                        *o.add(d) = a * inv;
                     }
                     *lse_p.ptr().add(row * nh + qh) = if n > 0 { max + sum.ln() } else { 0.0 };
                 }
@@ -160,8 +160,8 @@ pub fn attention_bwd(
                 // SAFETY: as above; q columns of (row, qh) belong to this task.
                 unsafe {
                     let dqp = dp.ptr().add(row * width + qh * hd);
-                    for d in 0..hd {
-                        *dqp.add(d) += dq[d];
+                    for (d, &g) in dq.iter().enumerate() {
+                        *dqp.add(d) += g;
                     }
                 }
             }
