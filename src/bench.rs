@@ -148,3 +148,46 @@ pub fn run<B: Backend>(model: &Model<B>, o: &BenchOptions) -> Result<Vec<BenchRe
     ));
     Ok(out)
 }
+
+/// One optimizer step of classifier training (forward, backward to every weight, optimizer
+/// update) on `batch` random sequences of `seq` tokens with random labels. Nominal FLOPs
+/// follow the study's 6 N per token; executed counts the GEMMs and attention that ran.
+pub fn run_train(
+    model: crate::Model<crate::Cpu>,
+    optimizer: crate::train::optim::OptimizerKind,
+    o: &BenchOptions,
+) -> Result<BenchResult> {
+    use crate::train::{LabeledIds, TrainConfig, Trainer};
+    let cfg = model.cfg.clone();
+    let n = model.param_count();
+    let labels = cfg.num_labels().unwrap_or(2) as u32;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(o.seed);
+    let data: Vec<LabeledIds> = (0..o.batch)
+        .map(|_| LabeledIds {
+            ids: (0..o.seq)
+                .map(|_| rng.random_range(2..cfg.vocab as u32))
+                .collect(),
+            label: rng.random_range(0..labels),
+        })
+        .collect();
+    let tcfg = TrainConfig {
+        lr: 1e-4,
+        optimizer,
+        batch_size: o.batch,
+        batch_tokens: o.batch * o.seq,
+        ..Default::default()
+    };
+    let mut trainer = Trainer::new(model, tcfg);
+    let micro = vec![(0..o.batch).collect::<Vec<_>>()];
+    // A long nominal schedule keeps the learning rate constant over the timed steps.
+    let t = median_secs(o.iters, || trainer.step(&data, &micro, 1 << 40).map(|_| ()))?;
+    let tokens = o.batch * o.seq;
+    Ok(result(
+        "train-step",
+        tokens,
+        t,
+        flops::nominal_train(n, tokens),
+        flops::executed_forward(&cfg, o.batch, o.seq, 0, o.batch)
+            + flops::executed_backward(&cfg, o.batch, o.seq, o.batch, true, 0),
+    ))
+}

@@ -26,6 +26,10 @@ pub struct Args {
     /// Write results as JSON here.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+    /// Also time one classifier training step (forward, full backward, optimizer update)
+    /// on `--batch` x `--seq` tokens, with this optimizer: adamw or adafactor.
+    #[arg(long, value_name = "OPTIMIZER")]
+    train: Option<String>,
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
@@ -51,7 +55,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         model.param_count() as f64 / 1e6,
         rayon::current_num_threads()
     );
-    let results = bench::run(&model, &o)?;
+    let mut results = bench::run(&model, &o)?;
+    if let Some(name) = &a.train {
+        let opt = armsrace::train::optim::OptimizerKind::parse(name)
+            .ok_or_else(|| anyhow::anyhow!("unknown optimizer `{name}` (adafactor, adamw)"))?;
+        results.push(bench::run_train(model, opt, &o)?);
+    }
     println!(
         "{:<18} {:>10} {:>12} {:>14} {:>15}",
         "workload", "median s", "tokens/s", "nominal GF/s", "executed GF/s"

@@ -29,6 +29,10 @@ pub struct Args {
     heads: Option<usize>,
     #[arg(long)]
     intermediate: Option<usize>,
+    /// From scratch, pythia shapes: fraction of each head's dimensions that rotary rotates
+    /// (Pythia: 0.25).
+    #[arg(long)]
+    rotary_pct: Option<f64>,
     /// From scratch: BPE vocabulary size.
     #[arg(long, default_value_t = 1024)]
     vocab_size: usize,
@@ -87,6 +91,15 @@ fn scratch_config(a: &Args, shape: &str) -> anyhow::Result<ModelConfig> {
         if let Some(x) = val {
             v[key] = x.into();
         }
+    }
+    if let Some(r) = a.rotary_pct {
+        if !shape.starts_with("pythia") {
+            anyhow::bail!("--rotary-pct applies to pythia (GPTNeoX) shapes; Qwen2 rotates every dimension");
+        }
+        if !(r > 0.0 && r <= 1.0) {
+            anyhow::bail!("--rotary-pct must be in (0, 1], got {r}");
+        }
+        v["rotary_pct"] = r.into();
     }
     if let (Some(h), true) = (a.heads, shape.starts_with("qwen")) {
         v["num_key_value_heads"] = h.into();
