@@ -97,3 +97,40 @@ fn classify_rejects_lm_checkpoint_and_bad_lines() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("line 2") && err.contains("text"), "{err}");
 }
+
+#[test]
+fn classify_defaults_to_the_bundled_classifier() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in.jsonl");
+    let def = armsrace::task::Task::from_name("password-match")
+        .unwrap()
+        .def;
+    let text = |user: &str| {
+        let ex = armsrace::task::Example {
+            text: format!("System password: lantern\nUser password: {user}\n---\n"),
+            label: 0,
+        };
+        serde_json::json!({ "text": armsrace::task::prompt::clean_prompt(&def, &ex) })
+    };
+    std::fs::write(&input, format!("{}\n{}\n", text("lantern"), text("oyster"))).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_armsrace"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["classify", "--input"])
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    // Both predictions exist; the clear match and the clear mismatch are told apart.
+    assert_eq!(lines[0]["pred"], 1, "{:?}", lines[0]);
+    assert_eq!(lines[1]["pred"], 0, "{:?}", lines[1]);
+}

@@ -102,6 +102,15 @@ fn causal_lm_gets_a_score_head_and_checkpoint_reloads() {
     let cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
     assert_eq!(cfg["architectures"][0], "Qwen2ForSequenceClassification");
+    // The task's label names, as transformers' pipelines show them.
+    assert_eq!(
+        cfg["id2label"],
+        serde_json::json!({"0": "DENIED", "1": "GRANTED"})
+    );
+    assert_eq!(
+        cfg["label2id"],
+        serde_json::json!({"DENIED": 0, "GRANTED": 1})
+    );
     let m = Model::load(&out, Cpu).unwrap();
     assert_eq!(m.cfg.head, HeadKind::Classifier { num_labels: 2 });
     // The saved body equals the LM's body where training did not touch it? Training did, so

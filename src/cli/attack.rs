@@ -199,12 +199,7 @@ fn default_out(a: &Args) -> PathBuf {
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     let plan = plan(&a)?;
-    if !plan.model.is_dir() && plan.model == std::path::Path::new(DEFAULT_MODEL) {
-        anyhow::bail!(
-            "{DEFAULT_MODEL}: the bundled classifier is not here (run from the repository \
-             root), or pass --model DIR"
-        );
-    }
+    super::check_bundled_model(&plan.model)?;
     let out = a.out.clone().unwrap_or_else(|| default_out(&a));
     let bar = ProgressBar::new(0);
     bar.set_style(

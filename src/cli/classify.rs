@@ -7,8 +7,8 @@ use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Classifier checkpoint directory.
-    #[arg(long)]
+    /// Classifier checkpoint directory (default: the bundled PasswordMatch classifier).
+    #[arg(long, default_value = armsrace::attack::session::DEFAULT_MODEL)]
     model: PathBuf,
     /// JSONL input: one {"text": "...", "label": 0} per line (label optional).
     #[arg(long)]
@@ -58,6 +58,7 @@ fn read_input(path: &PathBuf) -> anyhow::Result<Vec<Line>> {
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
+    super::check_bundled_model(&a.model)?;
     let model = Model::load(&a.model, Cpu)?;
     let HeadKind::Classifier { num_labels } = model.cfg.head else {
         anyhow::bail!(

@@ -94,7 +94,9 @@ fn scratch_config(a: &Args, shape: &str) -> anyhow::Result<ModelConfig> {
     }
     if let Some(r) = a.rotary_pct {
         if !shape.starts_with("pythia") {
-            anyhow::bail!("--rotary-pct applies to pythia (GPTNeoX) shapes; Qwen2 rotates every dimension");
+            anyhow::bail!(
+                "--rotary-pct applies to pythia (GPTNeoX) shapes; Qwen2 rotates every dimension"
+            );
         }
         if !(r > 0.0 && r <= 1.0) {
             anyhow::bail!("--rotary-pct must be in (0, 1], got {r}");

@@ -15,7 +15,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 /// config.json for a model (the pre-5.0 key names, which every transformers version reads).
-pub fn config_json(cfg: &ModelConfig) -> Value {
+/// `labels` names the classes (the task's label names) in `id2label`; else `LABEL_i`.
+pub fn config_json(cfg: &ModelConfig, labels: Option<&[String]>) -> Value {
     let classifier = matches!(cfg.head, HeadKind::Classifier { .. });
     let arch = match (cfg.arch, classifier) {
         (Arch::GptNeoX, false) => "GPTNeoXForCausalLM",
@@ -63,13 +64,17 @@ pub fn config_json(cfg: &ModelConfig) -> Value {
         }
     }
     if let HeadKind::Classifier { num_labels } = cfg.head {
-        let labels: serde_json::Map<String, Value> = (0..num_labels)
-            .map(|i| (i.to_string(), json!(format!("LABEL_{i}"))))
+        // Task label names carry a leading space (" GRANTED"); the config names them bare.
+        let name = |i: usize| match labels {
+            Some(l) if l.len() == num_labels => l[i].trim().to_string(),
+            _ => format!("LABEL_{i}"),
+        };
+        let names: serde_json::Map<String, Value> = (0..num_labels)
+            .map(|i| (i.to_string(), json!(name(i))))
             .collect();
-        let ids: serde_json::Map<String, Value> = (0..num_labels)
-            .map(|i| (format!("LABEL_{i}"), json!(i)))
-            .collect();
-        v["id2label"] = Value::Object(labels);
+        let ids: serde_json::Map<String, Value> =
+            (0..num_labels).map(|i| (name(i), json!(i))).collect();
+        v["id2label"] = Value::Object(names);
         v["label2id"] = Value::Object(ids);
     }
     v
@@ -107,6 +112,7 @@ pub fn save_hf(
     cfg: &ModelConfig,
     w: &Weights<Vec<f32>>,
     tokenizer_json: &Path,
+    labels: Option<&[String]>,
     extra: &[(&str, Vec<u8>)],
 ) -> Result<()> {
     let parent = dir.parent().unwrap_or(Path::new("."));
@@ -126,7 +132,7 @@ pub fn save_hf(
     let mut meta = std::collections::HashMap::new();
     meta.insert("format".to_string(), "pt".to_string());
     write_safetensors(&tmp.join("model.safetensors"), &tensors, Some(meta))?;
-    let cfg_text = serde_json::to_string_pretty(&config_json(cfg)).expect("json");
+    let cfg_text = serde_json::to_string_pretty(&config_json(cfg, labels)).expect("json");
     std::fs::write(tmp.join("config.json"), cfg_text).map_err(io(&tmp))?;
     std::fs::copy(tokenizer_json, tmp.join("tokenizer.json")).map_err(io(tokenizer_json))?;
     for (name, bytes) in extra {

@@ -255,7 +255,14 @@ pub fn run(opts: JobOptions, mut on: impl FnMut(Event<'_>)) -> Result<Option<f32
             }
         }
         let w = trainer.model.download_weights();
-        save_hf(out, &trainer.model.cfg, &w, &tok_path, &extra)
+        save_hf(
+            out,
+            &trainer.model.cfg,
+            &w,
+            &tok_path,
+            Some(&def.label_names),
+            &extra,
+        )
     };
 
     let mut steps_here = 0u64;
