@@ -20,6 +20,7 @@ fn opts(out: &Path, from: &str, optimizer: OptimizerKind, stop_after: Option<u64
             data_seed: 3,
             train_file: None,
             val_file: None,
+            junk_suffix: 0.0,
         },
         init: Init::From(common::fixture(from)),
         train: TrainConfig {
@@ -177,4 +178,61 @@ fn bad_training_input_is_a_clear_error() {
     o.data.task = format!("jsonl:{}", bad.display());
     let e = run(o, |_| {}).unwrap_err().to_string();
     assert!(e.contains("empty") || e.contains("no "), "{e}");
+}
+
+#[test]
+fn junk_suffixes_put_random_tokens_in_the_slot_only() {
+    use armsrace::task::{layout, special_token_ids, Task, ThreatModel, TokenizedPrompt};
+    use armsrace::tokenize::Tokenizer;
+    use armsrace::train::augment::{junk_suffixes, MAX_JUNK_TOKENS};
+    use armsrace::train::job::tokenize_examples;
+    let tok =
+        Tokenizer::from_file(&common::fixture("neox-parallel-cls").join("tokenizer.json")).unwrap();
+    let task = Task::from_name("password-match").unwrap();
+    let (train, _) = task.split(200, 10, 1).unwrap();
+    let clean = tokenize_examples(&tok, &task.def, &train).unwrap();
+    let run = |fraction: f32, seed: u64| {
+        let mut d = clean.clone();
+        junk_suffixes(&tok, &task.def, &train, &mut d, fraction, seed).unwrap();
+        d
+    };
+    let none = run(0.0, 5);
+    assert!(none.iter().zip(&clean).all(|(a, b)| a.ids == b.ids));
+    let half = run(0.5, 5);
+    assert_eq!(
+        half.iter().map(|d| d.ids.clone()).collect::<Vec<_>>(),
+        run(0.5, 5)
+            .iter()
+            .map(|d| d.ids.clone())
+            .collect::<Vec<_>>(),
+        "same seed, same data"
+    );
+    let specials = special_token_ids(&tok);
+    let mut changed = 0;
+    for (i, ((ex, d), c)) in train.iter().zip(&half).zip(&clean).enumerate() {
+        assert_eq!(d.label, c.label);
+        if d.ids == c.ids {
+            continue;
+        }
+        changed += 1;
+        // before ++ junk ++ after, the junk 1..=10 non-special tokens.
+        let p = TokenizedPrompt::new(
+            &tok,
+            &layout(&task.def, ex, &ThreatModel::Suffix, 1, i as u64),
+            ex.label,
+        )
+        .unwrap();
+        assert!(d.ids.starts_with(&p.before) && d.ids.ends_with(&p.after));
+        let n = d.ids.len() - p.before.len() - p.after.len();
+        assert!((1..=MAX_JUNK_TOKENS).contains(&n), "{n} junk tokens");
+        let junk = &d.ids[p.before.len()..p.before.len() + n];
+        assert!(junk.iter().all(|t| !specials.contains(t)));
+    }
+    // About half of 200, far from 0 and 200.
+    assert!((60..=140).contains(&changed), "{changed} of 200 changed");
+    let bad = junk_suffixes(&tok, &task.def, &train, &mut clean.clone(), 1.5, 0);
+    assert!(bad
+        .unwrap_err()
+        .to_string()
+        .contains("junk-suffix fraction"));
 }

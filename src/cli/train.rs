@@ -33,6 +33,11 @@ pub struct Args {
     /// (Pythia: 0.25).
     #[arg(long)]
     rotary_pct: Option<f64>,
+    /// Fraction of training prompts (0..1) that get 1-10 random tokens in the suffix slot,
+    /// so the model learns to ignore junk there as its instructions say (clean prompts are
+    /// still what validation measures).
+    #[arg(long, default_value_t = 0.0)]
+    junk_suffix: f32,
     /// From scratch: BPE vocabulary size.
     #[arg(long, default_value_t = 1024)]
     vocab_size: usize,
@@ -132,6 +137,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             data_seed: a.seed,
             train_file: a.train_file.clone(),
             val_file: a.val_file.clone(),
+            junk_suffix: a.junk_suffix,
         },
         init,
         train: TrainConfig {

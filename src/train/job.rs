@@ -23,6 +23,10 @@ pub struct DataSpec {
     pub data_seed: u64,
     pub train_file: Option<PathBuf>,
     pub val_file: Option<PathBuf>,
+    /// Fraction of training prompts given random tokens in the suffix slot
+    /// (see [`super::augment`]); 0 in job files written before the option existed.
+    #[serde(default)]
+    pub junk_suffix: f32,
 }
 
 /// Where the starting weights come from.
@@ -228,7 +232,15 @@ pub fn run(opts: JobOptions, mut on: impl FnMut(Event<'_>)) -> Result<Option<f32
     };
     let tok = Tokenizer::from_file(&tok_path)?;
     let (def, train_ex, val_ex) = load_data(&data_spec)?;
-    let train = tokenize_examples(&tok, &def, &train_ex)?;
+    let mut train = tokenize_examples(&tok, &def, &train_ex)?;
+    super::augment::junk_suffixes(
+        &tok,
+        &def,
+        &train_ex,
+        &mut train,
+        data_spec.junk_suffix,
+        data_spec.data_seed,
+    )?;
     let val = tokenize_examples(&tok, &def, &val_ex)?;
     let cfg = trainer.cfg.clone();
     let per_epoch = epoch_batches(&train, &cfg, 0).len();

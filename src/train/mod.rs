@@ -2,6 +2,7 @@
 //! gradient accumulation, a learning-rate schedule, AdamW or Adafactor, validation accuracy,
 //! and a resumable state. Deterministic for a seed.
 
+pub mod augment;
 pub mod bpe;
 pub mod checkpoint;
 pub mod job;
