@@ -339,8 +339,16 @@ impl KernelDevice for CudaDevice {
     fn alloc(&self, bytes: usize) -> Result<DevicePtr> {
         self.bind()?;
         // SAFETY: plain device allocation on the bound context.
-        let addr = unsafe { drv::malloc_sync(bytes) }
-            .map_err(|e| drv_err(&format!("allocating {} MiB", bytes.div_ceil(1 << 20)), e))?;
+        let addr = unsafe { drv::malloc_sync(bytes) }.map_err(|e| {
+            if e.0 == sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY {
+                let detail = drv::mem_get_info().map_or(String::new(), |(free, total)| {
+                    format!(", {} MiB free of {} MiB", free >> 20, total >> 20)
+                });
+                Error::out_of_memory(self.name.clone(), bytes, detail)
+            } else {
+                drv_err(&format!("allocating {} MiB", bytes.div_ceil(1 << 20)), e)
+            }
+        })?;
         Ok(DevicePtr {
             addr,
             bytes,
