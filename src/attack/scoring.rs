@@ -160,7 +160,13 @@ pub fn score_many<B: Backend>(
             ext,
         }));
     }
-    let plan = |ji: usize| plans[ji].as_ref().expect("jobs with pieces have a plan");
+    let calls = Calls {
+        v,
+        jobs,
+        plans: &plans,
+        loss,
+    };
+    let plan = |ji: usize| calls.plan(ji);
     let mut at = 0;
     while at < pieces.len() {
         let mut end = at;
@@ -186,12 +192,6 @@ pub fn score_many<B: Backend>(
             let (start, seq) = (pl.l0 + p, pl.full_len - pl.l0 - p);
             out[*ji].executed += executed_lean(cfg, chunk.len(), seq, start, top);
         }
-        let calls = Calls {
-            v,
-            jobs,
-            plans: &plans,
-            loss,
-        };
         calls.run_or_split(call, &mut out)?;
     }
     Ok(out)
