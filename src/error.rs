@@ -23,6 +23,15 @@ pub enum Error {
     /// Caller input (token ids, lengths, batch shapes) is invalid.
     #[error("invalid input: {0}")]
     Input(String),
+    /// A device allocation failed for lack of memory. Work that can run in smaller pieces
+    /// (candidate scoring) catches this with [`Error::is_out_of_memory`] and retries.
+    #[error("{device}: out of memory allocating {bytes} bytes{detail}")]
+    OutOfMemory {
+        device: String,
+        bytes: usize,
+        /// Extra context (", 1.2 GiB free of 80 GiB"), empty when the device cannot tell.
+        detail: String,
+    },
     #[error("{0}")]
     Other(String),
 }
@@ -56,5 +65,20 @@ impl Error {
     }
     pub fn input(msg: impl Into<String>) -> Self {
         Error::Input(msg.into())
+    }
+    pub fn out_of_memory(
+        device: impl Into<String>,
+        bytes: usize,
+        detail: impl Into<String>,
+    ) -> Self {
+        Error::OutOfMemory {
+            device: device.into(),
+            bytes,
+            detail: detail.into(),
+        }
+    }
+    /// True for [`Error::OutOfMemory`]: the same work in smaller pieces may succeed.
+    pub fn is_out_of_memory(&self) -> bool {
+        matches!(self, Error::OutOfMemory { .. })
     }
 }

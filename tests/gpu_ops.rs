@@ -14,12 +14,13 @@ mod common;
 
 use armsrace::backend::cpu::{activation, attention, gcg, loss, norm, optim, rotary};
 use armsrace::backend::gpu::device::KernelDevice;
-use armsrace::backend::gpu::emu::EmuDevice;
+use armsrace::backend::gpu::emu::{EmuDevice, Schedule};
 use armsrace::backend::gpu::{args, AdafactorBufs, GpuBackend, Precision};
 use armsrace::backend::{AttnShape, Backend, RotaryShape};
 use armsrace::model::config::{Activation, NormKind};
 use common::assert_close;
 use rand::{Rng, SeedableRng};
+use std::cell::RefCell;
 
 type Rng64 = rand_chacha::ChaCha8Rng;
 
@@ -39,6 +40,8 @@ struct Case<D: KernelDevice> {
     /// Tolerance for ops with one output rounding / with chained roundings.
     tol: f32,
     tol2: f32,
+    /// Every float result the op family produced, in order, for the schedule comparison.
+    outputs: RefCell<Vec<Vec<f32>>>,
 }
 
 impl<D: KernelDevice> Case<D> {
@@ -51,6 +54,7 @@ impl<D: KernelDevice> Case<D> {
             be: GpuBackend::new(dev, p),
             tol,
             tol2,
+            outputs: RefCell::new(Vec::new()),
         }
     }
     fn bf16(&self) -> bool {
@@ -72,20 +76,50 @@ impl<D: KernelDevice> Case<D> {
     fn down(&self, b: &<GpuBackend<D> as Backend>::Buf) -> Vec<f32> {
         let v = self.be.download(b);
         self.be.check().expect("device ops succeed");
-        v
+        self.keep(&v)
     }
+    /// Records a result that reached the host other than through `down` (returned losses).
+    fn keep(&self, v: &[f32]) -> Vec<f32> {
+        self.outputs.borrow_mut().push(v.to_vec());
+        v.to_vec()
+    }
+
     fn what(&self, op: &str) -> String {
         format!("{op} [{} {}]", self.be.device().name(), self.be.name())
     }
 }
 
-/// One #[test] per op family: the harness in f32 and bf16, then GPU 0 when there is one.
+/// The same op family under the harness's forward and reverse schedules (fibers resumed in
+/// the other order between barriers, blocks taken last-first) must give the same bits: every
+/// kernel is deterministic (none combines floats across threads with atomics; the integer
+/// atomics in kernels/gcg.cu's top-k count or collect, and what they collect is sorted), so
+/// any difference is a race, e.g. a missing `__syncthreads`.
+fn same_bits(what: &str, p: Precision, fwd: &[Vec<f32>], rev: &[Vec<f32>]) {
+    assert_eq!(fwd.len(), rev.len(), "{what} {p:?}: results per schedule");
+    for (i, (f, r)) in fwd.iter().zip(rev).enumerate() {
+        assert_eq!(f.len(), r.len(), "{what} {p:?}: result {i} length");
+        if let Some(j) = (0..f.len()).find(|&j| f[j].to_bits() != r[j].to_bits()) {
+            panic!(
+                "{what} {p:?}: result {i} differs between the forward and reverse schedules \
+                 at element {j}: {} vs {} (a race between threads)",
+                f[j], r[j]
+            );
+        }
+    }
+}
+
+/// One #[test] per op family: the harness in f32 and bf16, under both schedules, then GPU 0
+/// when there is one.
 macro_rules! op_test {
     ($name:ident, $body:ident) => {
         #[test]
         fn $name() {
             for p in [Precision::F32, Precision::Bf16] {
-                $body(&Case::new(EmuDevice::new(), p));
+                let fwd = Case::new(EmuDevice::with_schedule(Schedule::Forward), p);
+                $body(&fwd);
+                let rev = Case::new(EmuDevice::with_schedule(Schedule::Reverse), p);
+                $body(&rev);
+                same_bits(stringify!($name), p, &fwd.outputs.borrow(), &rev.outputs.borrow());
             }
             #[cfg(feature = "cuda")]
             match armsrace::backend::gpu::cuda::CudaDevice::new(0) {
@@ -479,8 +513,10 @@ fn cross_entropy<D: KernelDevice>(c: &Case<D>) {
     let targets: Vec<u32> = vec![0, 516, 3, 3, 100, 250, 9];
     let scale: Vec<f32> = vec![1.0, 0.5, 0.25, 2.0, 1.0, 1.0, 0.1];
     let mut d = c.be.zeros(rows * classes);
-    let losses =
-        c.be.cross_entropy(&mut d, &c.up(&logits), &targets, &scale, classes);
+    let losses = c.keep(
+        &c.be
+            .cross_entropy(&mut d, &c.up(&logits), &targets, &scale, classes),
+    );
     let mut wd = vec![0.0; rows * classes];
     let wl = loss::cross_entropy(&mut wd, &logits, &targets, &scale, classes);
     assert_close(&c.what("cross_entropy losses"), &losses, &wl, 1e-5);
@@ -513,6 +549,7 @@ fn lm_head<D: KernelDevice>(c: &Case<D>) {
                 Some((&mut dh, Some(&mut dw))),
             )
             .unwrap();
+        let got = c.keep(&got);
         let (mut wdh, mut wdw) = (vec![0.0; rows * hidden], dw0.clone());
         let want = gcg::lm_head_ce(
             &h,
@@ -612,6 +649,7 @@ fn argmin<D: KernelDevice>(c: &Case<D>) {
         .map(|x| x.abs())
         .collect::<Vec<_>>();
     let (got, gi) = c.be.candidate_losses(&row_loss, &scale, &offsets).unwrap();
+    let got = c.keep(&got);
     let (want, wi) = gcg::candidate_losses(&row_loss, &scale, &offsets);
     let finite = |v: &[f32]| {
         v.iter()

@@ -112,7 +112,7 @@ pub fn score_many<B: Backend>(
     let max_rows = max_rows(cfg);
     let mut plans = Vec::with_capacity(jobs.len());
     // Pieces: (job, group start p, candidates) of at most max_rows rows each.
-    let mut pieces: Vec<(usize, usize, Vec<usize>)> = Vec::new();
+    let mut pieces: Vec<Piece> = Vec::new();
     for (ji, job) in jobs.iter().enumerate() {
         let s = job.subject;
         s.goal.validate(width)?;
@@ -160,7 +160,13 @@ pub fn score_many<B: Backend>(
             ext,
         }));
     }
-    let plan = |ji: usize| plans[ji].as_ref().expect("jobs with pieces have a plan");
+    let calls = Calls {
+        v,
+        jobs,
+        plans: &plans,
+        loss,
+    };
+    let plan = |ji: usize| calls.plan(ji);
     let mut at = 0;
     while at < pieces.len() {
         let mut end = at;
@@ -176,10 +182,64 @@ pub fn score_many<B: Backend>(
         }
         let call = &pieces[at..end];
         at = end;
+        // Counted once per call as planned, whether or not it is split below.
+        for (ji, p, chunk) in call {
+            let pl = plan(*ji);
+            let top = Top::Rows {
+                rows: chunk.len() * pl.positions.len(),
+                shortcut: v.fast.shortcut,
+            };
+            let (start, seq) = (pl.l0 + p, pl.full_len - pl.l0 - p);
+            out[*ji].executed += executed_lean(cfg, chunk.len(), seq, start, top);
+        }
+        calls.run_or_split(call, &mut out)?;
+    }
+    Ok(out)
+}
+
+/// (job, group start p, candidate indices): candidates of one job that share a prefix.
+type Piece = (usize, usize, Vec<usize>);
+
+/// What running a packed call of pieces needs.
+struct Calls<'c, 'a, B: Backend> {
+    v: &'c Victim<'a, B>,
+    jobs: &'c [Job<'a, B>],
+    plans: &'c [Option<Plan<B>>],
+    loss: LossKind,
+}
+
+impl<B: Backend> Calls<'_, '_, B> {
+    fn plan(&self, ji: usize) -> &Plan<B> {
+        self.plans[ji]
+            .as_ref()
+            .expect("jobs with pieces have a plan")
+    }
+
+    /// Runs `call`; when the device runs out of memory, splits it in half (between pieces,
+    /// or a lone piece's candidates) and runs the halves, down to a single candidate. A
+    /// candidate's logits do not depend on which others share its call, so the results are
+    /// those of the unsplit call (bit for bit on the CPU and the harness; a GPU GEMM library
+    /// may pick another algorithm for fewer rows, which changes the last bits).
+    fn run_or_split(&self, call: &[Piece], out: &mut [Scored]) -> Result<()> {
+        match self.run(call, out) {
+            Err(e) if e.is_out_of_memory() => {
+                let Some((a, b)) = halve(call) else {
+                    return Err(e);
+                };
+                self.run_or_split(&a, out)?;
+                self.run_or_split(&b, out)
+            }
+            r => r,
+        }
+    }
+
+    /// One forward call over every piece of `call`; writes their losses and success flags.
+    fn run(&self, call: &[Piece], out: &mut [Scored]) -> Result<()> {
+        let (v, jobs) = (self.v, self.jobs);
         let mut batches = Vec::with_capacity(call.len());
         let mut rows = Vec::with_capacity(call.len());
         for (ji, p, chunk) in call {
-            let pl = plan(*ji);
+            let pl = self.plan(*ji);
             let (start, seq) = (pl.l0 + p, pl.full_len - pl.l0 - p);
             let mut ids = Vec::with_capacity(chunk.len() * seq);
             for &i in chunk {
@@ -198,15 +258,10 @@ pub fn score_many<B: Backend>(
                     .flat_map(|b| pos.iter().map(move |&t| b * seq + t - start))
                     .collect::<Vec<usize>>(),
             );
-            let top = Top::Rows {
-                rows: chunk.len() * pos.len(),
-                shortcut: v.fast.shortcut,
-            };
-            out[*ji].executed += executed_lean(cfg, chunk.len(), seq, start, top);
         }
         let mut segs = Vec::with_capacity(call.len());
         for (k, (ji, p, _)) in call.iter().enumerate() {
-            let (pl, s) = (plan(*ji), jobs[*ji].subject);
+            let (pl, s) = (self.plan(*ji), jobs[*ji].subject);
             let prefix = match (&pl.ext, *p) {
                 (_, 0) => s.cache().map(PrefixView::all),
                 (Some(e), p) => Some(PrefixView::new(e, pl.l0 + p)?),
@@ -218,19 +273,38 @@ pub fn score_many<B: Backend>(
                 rows: &rows[k],
             });
         }
-        let logits = model.logits_multi(&segs, v.fast.shortcut)?;
+        let logits = v.model.logits_multi(&segs, v.fast.shortcut)?;
+        let width = v.width();
         let mut z = logits.as_slice();
         for (ji, _, chunk) in call {
-            let block = plan(*ji).positions.len() * width;
+            let block = self.plan(*ji).positions.len() * width;
             let goal = &jobs[*ji].subject.goal;
             for &i in chunk {
                 let (zi, rest) = z.split_at(block);
                 z = rest;
-                (out[*ji].losses[i], out[*ji].success[i]) = evaluate(goal, loss, zi, width);
+                (out[*ji].losses[i], out[*ji].success[i]) = evaluate(goal, self.loss, zi, width);
             }
         }
+        Ok(())
     }
-    Ok(out)
+}
+
+/// `call` in two non-empty halves; `None` for a single candidate.
+fn halve(call: &[Piece]) -> Option<(Vec<Piece>, Vec<Piece>)> {
+    match call {
+        [] => None,
+        [(ji, p, c)] => {
+            if c.len() < 2 {
+                return None;
+            }
+            let (a, b) = c.split_at(c.len() / 2);
+            Some((vec![(*ji, *p, a.to_vec())], vec![(*ji, *p, b.to_vec())]))
+        }
+        _ => {
+            let (a, b) = call.split_at(call.len() / 2);
+            Some((a.to_vec(), b.to_vec()))
+        }
+    }
 }
 
 /// Scores `cands` on full sequences: no cache, no grouping, no shortcut.

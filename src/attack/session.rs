@@ -12,6 +12,7 @@ use super::summary::RunInfo;
 use super::vocab::Vocab;
 use super::Attack;
 use crate::backend::cpu::Cpu;
+use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::model::config::HeadKind;
 use crate::model::Model;
@@ -32,7 +33,7 @@ pub enum AttackSpec {
 }
 
 impl AttackSpec {
-    pub fn build(&self) -> Box<dyn Attack<Cpu>> {
+    pub fn build<B: Backend>(&self) -> Box<dyn Attack<B>> {
         match self {
             AttackSpec::Gcg(c) => Box::new(Gcg::new(c.clone())),
             AttackSpec::RandomToken(c) => Box::new(RandomToken::new(c.clone())),
@@ -131,8 +132,8 @@ pub fn initial_attack(tok: &Tokenizer, init: &str, n: usize) -> Result<Vec<u32>>
     Ok(ids.iter().cycle().take(n).copied().collect())
 }
 
-/// Runs (or resumes) `plan`, writing into `out`. `stop_after` ends the run after that
-/// iteration as if killed.
+/// Runs (or resumes) `plan` on the CPU backend, writing into `out`. `stop_after` ends the
+/// run after that iteration as if killed.
 pub fn run_plan(
     plan: &Plan,
     out: &Path,
@@ -140,7 +141,20 @@ pub fn run_plan(
     stop_after: Option<usize>,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<RunOutput> {
-    let model = Model::load(&plan.model, Cpu)?;
+    run_plan_on(plan, Cpu, out, overwrite, stop_after, progress)
+}
+
+/// [`run_plan`] on any backend (e.g. `GpuBackend<CudaDevice>`): the checkpoint is loaded
+/// onto `backend`, and everything else is the same.
+pub fn run_plan_on<B: Backend>(
+    plan: &Plan,
+    backend: B,
+    out: &Path,
+    overwrite: bool,
+    stop_after: Option<usize>,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<RunOutput> {
+    let model = Model::load(&plan.model, backend)?;
     let tok = Tokenizer::from_file(&plan.model.join("tokenizer.json"))?;
     let spec = match (model.cfg.head, &plan.target) {
         (HeadKind::Classifier { .. }, Some(_)) => {
@@ -165,7 +179,7 @@ pub fn run_plan(
     let examples = load_examples(&task, plan.data.as_deref(), plan.examples, plan.data_seed)?;
     let threat = ThreatModel::parse(&plan.threat)?;
     let init = initial_attack(&tok, &plan.init, plan.attack_tokens)?;
-    let mut subjects: Vec<Subject<Cpu>> = build_subjects(
+    let mut subjects: Vec<Subject<B>> = build_subjects(
         &tok,
         &task.def,
         &examples,
@@ -185,7 +199,7 @@ pub fn run_plan(
     let config = serde_json::to_value(plan).map_err(|e| Error::Other(e.to_string()))?;
     prepare_dir(out, &config, overwrite)?;
     let mut log = ResultsLog::open(&out.join(RESULTS_FILE))?;
-    let attack = plan.attack.build();
+    let attack = plan.attack.build::<B>();
     let n_params = model.param_count();
     let info = RunInfo {
         attack: attack.name().into(),

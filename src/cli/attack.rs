@@ -1,11 +1,14 @@
 //! `armsrace attack`: GCG or random-token attacks on a classifier (or a target string on a
 //! causal LM), with resumable JSONL results and a summary table.
 
+use super::device::{dispatch, DeviceArgs, OnBackend};
 use armsrace::attack::budget::Budget;
 use armsrace::attack::runner::Progress;
-use armsrace::attack::session::{run_plan, AttackSpec, Plan, DEFAULT_MODEL};
+use armsrace::attack::runner::RunOutput;
+use armsrace::attack::session::{run_plan_on, AttackSpec, Plan, DEFAULT_MODEL};
 use armsrace::attack::summary::Summary;
 use armsrace::attack::{FastPaths, GcgConfig, LossKind, RandomTokenConfig};
+use armsrace::backend::Backend;
 use armsrace::task::{ThreatModel, ATTACK_INIT_TEXT};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
@@ -95,6 +98,8 @@ pub struct Args {
     /// Examples attacked together (one batched gradient pass).
     #[arg(long, default_value_t = 20)]
     group_size: usize,
+    #[command(flatten)]
+    device: DeviceArgs,
     /// Stop after this iteration as if killed (tests of resume).
     #[arg(long, hide = true)]
     stop_after: Option<usize>,
@@ -225,7 +230,14 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             if p.replayed { " (resumed)" } else { "" }
         ));
     };
-    let res = run_plan(&plan, &out, a.overwrite, a.stop_after, &mut progress)?;
+    let job = Job {
+        plan: &plan,
+        out: &out,
+        overwrite: a.overwrite,
+        stop_after: a.stop_after,
+        progress: &mut progress,
+    };
+    let res = dispatch(a.device, job)?;
     bar.finish_and_clear();
     if !res.complete {
         println!(
@@ -237,6 +249,30 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     print_summary(&res.summary, &out);
     Ok(())
+}
+
+/// The run itself, on whichever backend `--device` opened.
+struct Job<'a> {
+    plan: &'a Plan,
+    out: &'a std::path::Path,
+    overwrite: bool,
+    stop_after: Option<usize>,
+    progress: &'a mut dyn FnMut(&Progress),
+}
+
+impl OnBackend for Job<'_> {
+    type Out = RunOutput;
+    fn run<B: Backend>(self, backend: B) -> anyhow::Result<RunOutput> {
+        let (plan, out) = (self.plan, self.out);
+        Ok(run_plan_on(
+            plan,
+            backend,
+            out,
+            self.overwrite,
+            self.stop_after,
+            self.progress,
+        )?)
+    }
 }
 
 fn print_summary(s: &Summary, out: &std::path::Path) {

@@ -1,7 +1,9 @@
+use super::device::{dispatch, DeviceArgs, OnBackend};
 use armsrace::backend::cpu::loss::cross_entropy;
+use armsrace::backend::Backend;
 use armsrace::model::config::HeadKind;
 use armsrace::tokenize::Tokenizer;
-use armsrace::{Batch, Cpu, Model};
+use armsrace::{Batch, Model};
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
@@ -19,6 +21,8 @@ pub struct Args {
     /// Maximum tokens per internal batch (padding included).
     #[arg(long, default_value_t = 8192)]
     batch_tokens: usize,
+    #[command(flatten)]
+    device: DeviceArgs,
 }
 
 struct Line {
@@ -59,7 +63,20 @@ fn read_input(path: &PathBuf) -> anyhow::Result<Vec<Line>> {
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     super::check_bundled_model(&a.model)?;
-    let model = Model::load(&a.model, Cpu)?;
+    dispatch(a.device, Classify(&a))
+}
+
+struct Classify<'a>(&'a Args);
+
+impl OnBackend for Classify<'_> {
+    type Out = ();
+    fn run<B: Backend>(self, backend: B) -> anyhow::Result<()> {
+        classify(self.0, backend)
+    }
+}
+
+fn classify<B: Backend>(a: &Args, backend: B) -> anyhow::Result<()> {
+    let model = Model::load(&a.model, backend)?;
     let HeadKind::Classifier { num_labels } = model.cfg.head else {
         anyhow::bail!(
             "{}: not a classifier (no `score` head); classify needs *ForSequenceClassification",

@@ -3,6 +3,7 @@
 mod attack;
 mod bench;
 mod classify;
+mod device;
 mod inspect;
 mod train;
 

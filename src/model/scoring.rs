@@ -157,7 +157,9 @@ impl<B: Backend> Model<B> {
         let (x, _) = self.lean_stack(segs, Top::Rows { shortcut }, false)?;
         let x = x.expect("Top::Rows yields hidden states");
         let all: Vec<usize> = (0..n).collect();
-        Ok(self.backend.download(&self.head_forward(&x, &all).logits))
+        let logits = self.backend.download(&self.head_forward(&x, &all).logits);
+        self.backend.check()?;
+        Ok(logits)
     }
 
     /// One-hot gradient of an arbitrary loss of the head outputs at `rows`: `dlogits` gets

@@ -5,10 +5,22 @@ use safetensors::{Dtype, SafeTensors};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
+/// The repository root the tests read fixtures from: `$ARMSRACE_ROOT` if set, else the
+/// current directory when it holds tests/fixtures (a test binary copied to another machine
+/// and run from a checkout, see scripts/gpu-bundle.sh), else the directory this crate was
+/// built in (`cargo test` on this machine).
+pub fn repo_root() -> PathBuf {
+    if let Some(root) = std::env::var_os("ARMSRACE_ROOT") {
+        return PathBuf::from(root);
+    }
+    match std::env::current_dir() {
+        Ok(cwd) if cwd.join("tests/fixtures").is_dir() => cwd,
+        _ => PathBuf::from(env!("CARGO_MANIFEST_DIR")),
+    }
+}
+
 pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
+    repo_root().join("tests/fixtures").join(name)
 }
 
 pub enum RefTensor {

@@ -54,8 +54,9 @@ impl<D: KernelDevice> Inner<D> {
         lock(&self.error).take()
     }
 
-    /// Memory for `bytes`, from the free list or the device; on out-of-memory the free list is
-    /// released and the allocation retried once before the error is recorded.
+    /// Memory for `bytes`, from the free list or the device; on failure the free list is
+    /// released and the allocation retried once before the error is recorded (as
+    /// `Error::OutOfMemory` when the device ran out; `check` hands it over and clears it).
     pub(crate) fn alloc(&self, bytes: usize) -> Option<DevicePtr> {
         let bytes = bytes.max(1).div_ceil(GRANULE) * GRANULE;
         if let Some(p) = lock(&self.free).get_mut(&bytes).and_then(Vec::pop) {
@@ -67,6 +68,11 @@ impl<D: KernelDevice> Inner<D> {
                 self.trim();
                 match self.dev.alloc(bytes) {
                     Ok(p) => Some(p),
+                    // Out of memory keeps its kind, so callers can retry in smaller pieces.
+                    Err(e) if e.is_out_of_memory() => {
+                        self.fail(e);
+                        None
+                    }
                     Err(e) => {
                         self.fail(Error::Other(format!(
                             "{}: allocating {bytes} bytes failed: {e}",

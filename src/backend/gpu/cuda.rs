@@ -3,12 +3,12 @@
 //!
 //! Kernels come from the fatbins build.rs embeds (kernels/build/nvcc.rs); everything runs on
 //! one stream, so ops are ordered and the backend's buffer reuse needs no events. GEMMs go
-//! through cuBLASLt (f32 compute for f32, bf16 in / f32 accumulate for bf16, bias fused as
-//! an epilogue); without libcublasLt they fall back to kernels/gemm.cu.
+//! through cuBLASLt with cached plans (cuda_blas.rs); without libcublasLt they fall back to
+//! kernels/gemm.cu.
 
-use super::device::{DType, DevicePtr, GemmDesc, KernelDevice, LaunchConfig};
+use super::cuda_blas::Blas;
+use super::device::{DevicePtr, GemmDesc, KernelDevice, LaunchConfig};
 use crate::error::{Error, Result};
-use cudarc::cublaslt::{result as lt, sys as ltsys};
 use cudarc::driver::{result as drv, sys, CudaContext, CudaStream};
 use std::collections::HashMap;
 use std::ffi::{c_void, CString};
@@ -17,9 +17,6 @@ use std::sync::{Arc, Mutex};
 mod embedded {
     include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
 }
-
-/// cuBLASLt workspace: NVIDIA's recommendation for Hopper (enough for every algorithm).
-const WORKSPACE_BYTES: usize = 32 << 20;
 
 fn drv_err(what: &str, e: impl std::fmt::Debug) -> Error {
     Error::Other(format!("CUDA {what}: {e:?}"))
@@ -34,14 +31,6 @@ struct Handles {
 // SAFETY: see `Handles`: CUmodule / CUfunction are context-scoped identifiers, valid on any
 // thread with the context bound; the Mutex around them serializes our own map updates.
 unsafe impl Send for Handles {}
-
-struct Blas {
-    handle: ltsys::cublasLtHandle_t,
-    workspace: sys::CUdeviceptr,
-}
-// SAFETY: a cublasLt handle may be used from any thread as long as calls on it do not
-// overlap; every use is under the `blas` Mutex.
-unsafe impl Send for Blas {}
 
 pub struct CudaDevice {
     ctx: Arc<CudaContext>,
@@ -95,34 +84,11 @@ impl CudaDevice {
                 modules,
                 functions: HashMap::new(),
             }),
-            blas: Mutex::new(None),
+            // The context is current on this thread (CudaContext::new binds it).
+            blas: Mutex::new(Blas::new()),
             name,
         };
-        dev.init_blas();
         Ok(dev)
-    }
-
-    fn init_blas(&self) {
-        // SAFETY: only tries to dlopen libcublasLt.
-        if !unsafe { ltsys::is_culib_present() } {
-            eprintln!("armsrace: libcublasLt not found; GEMMs use the built-in kernel (slower)");
-            return;
-        }
-        let Ok(handle) = lt::create_handle() else {
-            eprintln!("armsrace: cublasLtCreate failed; GEMMs use the built-in kernel (slower)");
-            return;
-        };
-        // SAFETY: plain allocation on the current context (bound by create_handle's caller).
-        match unsafe { drv::malloc_sync(WORKSPACE_BYTES) } {
-            Ok(workspace) => {
-                *self.blas.lock().unwrap_or_else(|p| p.into_inner()) =
-                    Some(Blas { handle, workspace })
-            }
-            Err(_) => {
-                // SAFETY: handle was just created and is not used elsewhere.
-                let _ = unsafe { lt::destroy_handle(handle) };
-            }
-        }
     }
 
     fn bind(&self) -> Result<()> {
@@ -175,133 +141,12 @@ impl CudaDevice {
     }
 
     fn blas_gemm(&self, d: &GemmDesc) -> Option<Result<()>> {
-        let guard = self.blas.lock().unwrap_or_else(|p| p.into_inner());
-        let blas = guard.as_ref()?;
+        let mut guard = self.blas.lock().unwrap_or_else(|p| p.into_inner());
+        let blas = guard.as_mut()?;
         if let Err(e) = self.bind() {
             return Some(Err(e));
         }
-        let (data_ty, compute) = match d.dtype {
-            DType::F32 => (
-                ltsys::cudaDataType_t::CUDA_R_32F,
-                ltsys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-            ),
-            DType::Bf16 => (
-                ltsys::cudaDataType_t::CUDA_R_16BF,
-                ltsys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-            ),
-            DType::U32 => return None,
-        };
-        // Row-major C[m, n] = op(A) op(B) is column-major C^T[n, m] = op(B)^T op(A)^T, and a
-        // row-major buffer read column-major is its transpose: so cuBLASLt's first operand is
-        // our B, its second our A, with our transpose flags unchanged.
-        let (b_rows, b_cols) = if d.trans_b { (d.k, d.n) } else { (d.n, d.k) };
-        let (a_rows, a_cols) = if d.trans_a { (d.m, d.k) } else { (d.k, d.m) };
-        let align = |p: u64| 1u64 << p.trailing_zeros().min(8);
-        let run = || -> std::result::Result<(), lt::CublasError> {
-            let desc = lt::create_matmul_desc(compute, ltsys::cudaDataType_t::CUDA_R_32F)?;
-            let l1 = lt::create_matrix_layout(data_ty, b_rows as u64, b_cols as u64, d.ldb as i64)?;
-            let l2 = lt::create_matrix_layout(data_ty, a_rows as u64, a_cols as u64, d.lda as i64)?;
-            let lc = lt::create_matrix_layout(data_ty, d.n as u64, d.m as u64, d.ldc as i64)?;
-            let pref = lt::create_matmul_pref()?;
-            let result = (|| {
-                let set_desc = |attr, v: &i32| {
-                    // SAFETY: `desc` is live; the attribute takes an i32-sized value.
-                    unsafe {
-                        lt::set_matmul_desc_attribute(
-                            desc,
-                            attr,
-                            v as *const i32 as *const c_void,
-                            4,
-                        )
-                    }
-                };
-                use ltsys::cublasLtMatmulDescAttributes_t as A;
-                set_desc(A::CUBLASLT_MATMUL_DESC_TRANSA, &(d.trans_b as i32))?;
-                set_desc(A::CUBLASLT_MATMUL_DESC_TRANSB, &(d.trans_a as i32))?;
-                let mut min_align = align(d.a).min(align(d.b)).min(align(d.c));
-                if let Some(bias) = d.bias {
-                    let epi = ltsys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS as i32;
-                    set_desc(A::CUBLASLT_MATMUL_DESC_EPILOGUE, &epi)?;
-                    // SAFETY: `desc` is live; the attribute takes a device pointer.
-                    unsafe {
-                        lt::set_matmul_desc_attribute(
-                            desc,
-                            A::CUBLASLT_MATMUL_DESC_BIAS_POINTER,
-                            &bias as *const u64 as *const c_void,
-                            8,
-                        )
-                    }?;
-                    min_align = min_align.min(align(bias));
-                }
-                use ltsys::cublasLtMatmulPreferenceAttributes_t as P;
-                let set_pref = |attr, v: u64| {
-                    // SAFETY: `pref` is live; these attributes take 8-byte values.
-                    unsafe {
-                        lt::set_matmul_pref_attribute(
-                            pref,
-                            attr,
-                            &v as *const u64 as *const c_void,
-                            8,
-                        )
-                    }
-                };
-                set_pref(
-                    P::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                    WORKSPACE_BYTES as u64,
-                )?;
-                // The heuristic assumes 256-byte aligned operands unless told otherwise; views
-                // into a buffer (LM-head chunks) may be less aligned.
-                set_pref(P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, min_align)?;
-                set_pref(P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, min_align)?;
-                set_pref(P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, min_align)?;
-                set_pref(P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, min_align)?;
-                // SAFETY: all descriptors are live and describe the operands above.
-                let heur = unsafe {
-                    lt::get_matmul_algo_heuristic(blas.handle, desc, l1, l2, lc, lc, pref)
-                }?;
-                let (alpha, beta) = (1.0f32, if d.accumulate { 1.0f32 } else { 0.0 });
-                // SAFETY: operands are live device allocations of the backend covering the
-                // described layouts (checked by the caller's shapes); the workspace is ours.
-                unsafe {
-                    lt::matmul(
-                        blas.handle,
-                        desc,
-                        &alpha as *const f32 as *const c_void,
-                        &beta as *const f32 as *const c_void,
-                        d.b as *const c_void,
-                        l1,
-                        d.a as *const c_void,
-                        l2,
-                        d.c as *const c_void,
-                        lc,
-                        d.c as *mut c_void,
-                        lc,
-                        &heur.algo,
-                        blas.workspace as *mut c_void,
-                        WORKSPACE_BYTES,
-                        self.stream.cu_stream() as *mut _,
-                    )
-                }
-            })();
-            // SAFETY: created above, no longer used (matmul has been enqueued).
-            unsafe {
-                let _ = lt::destroy_matmul_pref(pref);
-                let _ = lt::destroy_matrix_layout(lc);
-                let _ = lt::destroy_matrix_layout(l2);
-                let _ = lt::destroy_matrix_layout(l1);
-                let _ = lt::destroy_matmul_desc(desc);
-            }
-            result
-        };
-        match run() {
-            Ok(()) => Some(Ok(())),
-            // No algorithm for this shape/alignment: let the backend use its own kernel.
-            Err(lt::CublasError(ltsys::cublasStatus_t::CUBLAS_STATUS_NOT_SUPPORTED)) => None,
-            Err(e) => Some(Err(Error::Other(format!(
-                "cuBLASLt GEMM m={} n={} k={}: {e:?}",
-                d.m, d.n, d.k
-            )))),
-        }
+        blas.gemm(d, self.stream.cu_stream())
     }
 }
 
@@ -309,17 +154,14 @@ impl Drop for CudaDevice {
     fn drop(&mut self) {
         let _ = self.bind();
         let _ = self.stream.synchronize();
-        if let Some(b) = self
+        if let Some(mut b) = self
             .blas
             .get_mut()
             .unwrap_or_else(|p| p.into_inner())
             .take()
         {
-            // SAFETY: the stream is idle; nothing uses the handle or workspace any more.
-            unsafe {
-                let _ = lt::destroy_handle(b.handle);
-                let _ = drv::free_sync(b.workspace);
-            }
+            // SAFETY: the context is bound and the stream idle; `b` is dropped right after.
+            unsafe { b.destroy() };
         }
         let h = self.handles.get_mut().unwrap_or_else(|p| p.into_inner());
         for &m in &h.modules {
@@ -339,8 +181,16 @@ impl KernelDevice for CudaDevice {
     fn alloc(&self, bytes: usize) -> Result<DevicePtr> {
         self.bind()?;
         // SAFETY: plain device allocation on the bound context.
-        let addr = unsafe { drv::malloc_sync(bytes) }
-            .map_err(|e| drv_err(&format!("allocating {} MiB", bytes.div_ceil(1 << 20)), e))?;
+        let addr = unsafe { drv::malloc_sync(bytes) }.map_err(|e| {
+            if e.0 == sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY {
+                let detail = drv::mem_get_info().map_or(String::new(), |(free, total)| {
+                    format!(", {} MiB free of {} MiB", free >> 20, total >> 20)
+                });
+                Error::out_of_memory(self.name.clone(), bytes, detail)
+            } else {
+                drv_err(&format!("allocating {} MiB", bytes.div_ceil(1 << 20)), e)
+            }
+        })?;
         Ok(DevicePtr {
             addr,
             bytes,

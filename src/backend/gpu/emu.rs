@@ -245,6 +245,14 @@ pub struct EmuDevice {
     schedule: Schedule,
     workers: usize,
     allocs: Mutex<Allocs>,
+    /// Bytes the device may hand out (usize::MAX: no cap); see [`EmuDevice::set_mem_cap`].
+    mem_cap: AtomicUsize,
+    /// Bytes of live allocations (as requested, guards not counted).
+    mem_used: AtomicUsize,
+    /// Most bytes live at once since creation or [`EmuDevice::reset_mem_peak`].
+    mem_peak: AtomicUsize,
+    /// Allocations refused for the cap.
+    ooms: AtomicUsize,
 }
 
 impl Default for EmuDevice {
@@ -264,7 +272,46 @@ impl EmuDevice {
             schedule,
             workers: 0,
             allocs: Mutex::new(Allocs::default()),
+            mem_cap: AtomicUsize::new(usize::MAX),
+            mem_used: AtomicUsize::new(0),
+            mem_peak: AtomicUsize::new(0),
+            ooms: AtomicUsize::new(0),
         }
+    }
+
+    /// A device with `bytes` of memory: see [`EmuDevice::set_mem_cap`].
+    pub fn with_mem_cap(self, bytes: usize) -> Self {
+        self.set_mem_cap(Some(bytes));
+        self
+    }
+
+    /// Caps the memory the device hands out (`None`: no cap). An allocation that would take
+    /// live allocations past the cap fails with `Error::OutOfMemory`, as cudaMalloc does
+    /// on a full GPU, so out-of-memory handling is testable without one. Lowering the cap
+    /// below what is in use frees nothing; it only refuses new allocations.
+    pub fn set_mem_cap(&self, bytes: Option<usize>) {
+        self.mem_cap
+            .store(bytes.unwrap_or(usize::MAX), Ordering::SeqCst);
+    }
+
+    /// Bytes of live device allocations (the backend's cached free blocks included).
+    pub fn mem_used(&self) -> usize {
+        self.mem_used.load(Ordering::SeqCst)
+    }
+
+    /// Most bytes live at once since creation or the last [`EmuDevice::reset_mem_peak`].
+    pub fn mem_peak(&self) -> usize {
+        self.mem_peak.load(Ordering::SeqCst)
+    }
+
+    /// Starts a new peak measurement from what is live now.
+    pub fn reset_mem_peak(&self) {
+        self.mem_peak.store(self.mem_used(), Ordering::SeqCst);
+    }
+
+    /// How many allocations the memory cap has refused so far.
+    pub fn oom_count(&self) -> usize {
+        self.ooms.load(Ordering::SeqCst)
     }
 
     /// Run blocks on at most `n` OS threads (0 = rayon's pool). With 1, blocks run in a fixed
@@ -431,10 +478,31 @@ impl KernelDevice for EmuDevice {
     }
 
     fn alloc(&self, bytes: usize) -> Result<DevicePtr> {
+        let cap = self.mem_cap.load(Ordering::SeqCst);
+        let reserved = self
+            .mem_used
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
+                used.checked_add(bytes).filter(|&total| total <= cap)
+            });
+        if let Ok(used) = reserved {
+            self.mem_peak.fetch_max(used + bytes, Ordering::SeqCst);
+        }
+        if let Err(used) = reserved {
+            self.ooms.fetch_add(1, Ordering::SeqCst);
+            return Err(Error::out_of_memory(
+                self.name(),
+                bytes,
+                format!(
+                    ", {} bytes free of a {cap}-byte cap",
+                    cap.saturating_sub(used)
+                ),
+            ));
+        }
         let mut r = Region::default();
         // SAFETY: armsrace_emu_map writes only *out.
         let rc = unsafe { armsrace_emu_map(bytes as u64, &mut r) };
         if rc != 0 {
+            self.mem_used.fetch_sub(bytes, Ordering::SeqCst);
             return Err(Error::Other(format!(
                 "emu: cannot allocate {bytes} bytes (errno {rc})"
             )));
@@ -463,6 +531,7 @@ impl KernelDevice for EmuDevice {
     fn free(&self, ptr: &DevicePtr) {
         let mut a = self.allocs();
         let Ok(r) = a.get(ptr) else { return };
+        self.mem_used.fetch_sub(ptr.bytes, Ordering::SeqCst);
         let slot = ptr.handle & 0xffff_ffff;
         a.slots[slot].1 = None;
         a.free_slots.push(slot);
@@ -637,5 +706,11 @@ impl KernelDevice for EmuDevice {
 
     fn synchronize(&self) -> Result<()> {
         self.check_guards(None, "a kernel")
+    }
+
+    /// Only under a memory cap (host memory is not device memory).
+    fn mem_info(&self) -> Option<(usize, usize)> {
+        let cap = self.mem_cap.load(Ordering::SeqCst);
+        (cap != usize::MAX).then(|| (cap.saturating_sub(self.mem_used()), cap))
     }
 }

@@ -4,7 +4,8 @@
 //! - `ops`: the ops beyond the trait (LM-head CE, GCG top-k / sampling / arg-min, optimizers);
 //! - `buffer`: device buffers, the caching allocator, sticky errors;
 //! - `args`: the kernel argument structs, bindgen's rendering of kernels/args.h;
-//! - `device`: the KernelDevice seam; `cuda` (feature `cuda`) and `emu` implement it;
+//! - `device`: the KernelDevice seam; `cuda` (feature `cuda`; cuBLASLt GEMMs with cached
+//!   plans in `cuda_blas`) and `emu` implement it;
 //! - `bench`: GPU benchmarks behind `armsrace bench --device cuda`.
 
 #[rustfmt::skip]
@@ -15,6 +16,8 @@ pub mod bench;
 pub mod buffer;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+#[cfg(feature = "cuda")]
+mod cuda_blas;
 pub mod device;
 pub mod emu;
 pub mod ops;
