@@ -561,3 +561,79 @@ fn gcg_beats_random_tokens_at_equal_nominal_flops() {
         "GCG {ga} vs random-token {ra} at equal nominal FLOPs"
     );
 }
+
+/// Where the text before the slot ends in whitespace (prefix: the instructions end in
+/// "\n\n"), the segments must be tokenized the way the whole prompt is, or the initial
+/// attack already fails the retokenization check and nearly every swap is rejected for a
+/// seam no candidate chose. Reference: the whole prompt text, tokenized in one piece, and
+/// the plain decode → encode check on the full ids.
+#[test]
+fn every_threat_model_starts_valid_and_rejects_only_real_merges() {
+    let mut toks = vec![
+        ("tokenizer-bytelevel", fixture("tokenizer-bytelevel")),
+        ("tokenizer-qwen", fixture("tokenizer-qwen")),
+    ];
+    if let Some(b) = bundled() {
+        toks.push(("bundled", b));
+    }
+    let task = Task::from_name("password-match").unwrap();
+    let examples = task.generate(4, 5).unwrap();
+    for (name, dir) in toks {
+        let tok = Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
+        let init = attack_init(&tok, 10).unwrap();
+        let init_text = tok.decode(&init).unwrap();
+        let vocab = Vocab::from_tokenizer(&tok, tok.vocab_size(), false).unwrap();
+        for tm in ["suffix", "prefix", "infix:0.9", "infix:0.5"] {
+            let threat = ThreatModel::parse(tm).unwrap();
+            let subs: Vec<Subject<Cpu>> = build_subjects(
+                &tok,
+                &task.def,
+                &examples,
+                &threat,
+                0,
+                &GoalSpec::Classify,
+                &init,
+                true,
+            )
+            .unwrap();
+            let (mut rejected, mut total) = (0, 0);
+            for (i, s) in subs.iter().enumerate() {
+                let parts = armsrace::task::layout(&task.def, &examples[i], &threat, 0, i as u64);
+                let whole = tok.encode(&parts.with_attack(&init_text)).unwrap();
+                let ids = s.prompt.ids(&init);
+                let at = format!("{name} {tm} example {i}");
+                if ids == whole {
+                    assert!(retokenizes(&tok, &ids).unwrap(), "{at}");
+                } else {
+                    // Only when the initial attack merges with its neighbours in any
+                    // tokenization: then the segments are the ones tokenized alone.
+                    assert!(!whole.ends_with(&[init.as_slice(), &s.prompt.after].concat()));
+                    eprintln!("{at}: the initial attack merges with the prompt");
+                }
+                let rc = s.retok.as_ref().unwrap();
+                // Every 5th allowed token at every position.
+                let cands: Vec<Vec<u32>> = (0..init.len())
+                    .flat_map(|p| vocab.allowed().iter().step_by(5).map(move |&t| (p, t)))
+                    .map(|(p, t)| {
+                        let mut c = init.clone();
+                        c[p] = t;
+                        c
+                    })
+                    .collect();
+                let ok = filter(Some((rc, &tok)), &cands).unwrap();
+                for (c, &v) in cands.iter().zip(&ok) {
+                    assert_eq!(
+                        v,
+                        retokenizes(&tok, &s.prompt.ids(c)).unwrap(),
+                        "{at} {c:?}"
+                    );
+                }
+                rejected += ok.iter().filter(|&&v| !v).count();
+                total += ok.len();
+            }
+            let rate = rejected as f64 / total as f64;
+            eprintln!("{name} {tm}: {rejected} of {total} single swaps rejected");
+            assert!(rate < 0.4, "{name} {tm}: {rejected} of {total} rejected");
+        }
+    }
+}

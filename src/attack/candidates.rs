@@ -1,7 +1,13 @@
 //! GCG candidate generation: top-k tokens per attack position from the one-hot gradient,
-//! sampling swaps without replacement, and the retokenization filter.
+//! sampling swaps, and the retokenization filter.
+//!
+//! Top-k and the study's single-swap sampling are the backend's GCG ops
+//! ([`crate::backend::cpu::gcg`], the CPU reference the CUDA kernels are checked against),
+//! so a run picks the same candidates on either backend. Only nanoGCG's multi-swap mode,
+//! which has no kernel, samples here.
 
 use super::vocab::Vocab;
+use crate::backend::cpu::gcg::{sample_candidates, topk_onehot};
 use crate::error::{Error, Result};
 use crate::task::RetokCheck;
 use crate::tokenize::Tokenizer;
@@ -20,47 +26,31 @@ pub fn topk(grad: &[f32], positions: usize, vocab: &Vocab, k: usize) -> Result<(
         )));
     }
     let k = k.min(vocab.allowed().len());
-    if k == 0 {
-        return Err(Error::input("top-k: k must be at least 1"));
-    }
-    let out: Vec<Vec<u32>> = (0..positions)
-        .into_par_iter()
-        .map(|p| {
-            let row = &grad[p * v..(p + 1) * v];
-            let mut ids: Vec<u32> = vocab.allowed().to_vec();
-            let key = |&id: &u32| (sort_key(row[id as usize]), id);
-            ids.select_nth_unstable_by_key(k - 1, key);
-            ids.truncate(k);
-            ids.sort_unstable_by_key(key);
-            ids
-        })
-        .collect();
-    Ok((out.concat(), k))
+    let ids = topk_onehot(grad, positions, v, k, vocab.forbidden())?;
+    Ok((ids, k))
 }
 
-/// Order-preserving map of an f32 to a u32 (NaN after +inf), for a total order.
-fn sort_key(v: f32) -> u32 {
-    if v.is_nan() {
-        return u32::MAX;
-    }
-    let u = v.to_bits();
-    if u & 0x8000_0000 != 0 {
-        !u
-    } else {
-        u | 0x8000_0000
-    }
+/// The swaps of one GCG iteration: which stream of randomness draws them.
+#[derive(Clone, Copy, Debug)]
+pub struct SampleKey {
+    /// Keys the permutation of the study's single-swap pool (the backend op's seed).
+    pub seed: u64,
+    /// The iteration (the backend op's counter).
+    pub counter: u64,
 }
 
 /// `n` candidates from `current`. With `n_replace` = 1 (the study), each candidate swaps
 /// one token and the (position, token) pairs are drawn without replacement from the
-/// positions x k pool (so at most positions x k candidates). With more, each candidate
-/// swaps `n_replace` distinct positions, each to a uniform pick of its top-k (nanoGCG).
+/// positions x k pool (so at most positions x k candidates), by the backend's sampling op.
+/// With more, each candidate swaps `n_replace` distinct positions, each to a uniform pick
+/// of its top-k (nanoGCG), drawn from `rng`.
 pub fn sample(
     topk: &[u32],
     k: usize,
     current: &[u32],
     n: usize,
     n_replace: usize,
+    key: SampleKey,
     rng: &mut impl Rng,
 ) -> Result<Vec<Vec<u32>>> {
     let positions = current.len();
@@ -76,19 +66,9 @@ pub fn sample(
         )));
     }
     if n_replace == 1 {
-        // Partial Fisher-Yates over the pool: n distinct (position, token) pairs.
-        let mut pool: Vec<u32> = (0..(positions * k) as u32).collect();
-        let n = n.min(pool.len());
-        let mut out = Vec::with_capacity(n);
-        for i in 0..n {
-            let j = rng.random_range(i..pool.len());
-            pool.swap(i, j);
-            let e = pool[i] as usize;
-            let mut c = current.to_vec();
-            c[e / k] = topk[e];
-            out.push(c);
-        }
-        return Ok(out);
+        let n = n.min(positions * k);
+        let c = sample_candidates(topk, current, k, n, key.seed, key.counter)?;
+        return Ok(c.tokens.chunks(positions).map(<[u32]>::to_vec).collect());
     }
     let mut order: Vec<usize> = (0..positions).collect();
     let out = (0..n)
@@ -142,7 +122,11 @@ mod tests {
         let (p, k) = (4, 3);
         let topk: Vec<u32> = (0..(p * k) as u32).map(|x| 100 + x).collect();
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
-        let c = sample(&topk, k, &[1; 4], 50, 1, &mut rng).unwrap();
+        let key = SampleKey {
+            seed: 1,
+            counter: 2,
+        };
+        let c = sample(&topk, k, &[1; 4], 50, 1, key, &mut rng).unwrap();
         assert_eq!(c.len(), p * k);
         let mut seen: Vec<Vec<u32>> = c.clone();
         seen.sort();

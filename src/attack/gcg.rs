@@ -3,7 +3,7 @@
 //! tokens per position of the one-hot gradient, retokenization filter on, arg-min kept.
 
 use super::budget::{executed_grad, gcg_nominal};
-use super::candidates::{argmin, filter, sample, topk};
+use super::candidates::{argmin, filter, sample, topk, SampleKey};
 use super::goal::{dlogits, evaluate, Goal, LossKind};
 use super::rng::{stream, Purpose};
 use super::scoring::{score, Scored};
@@ -15,6 +15,8 @@ use crate::flops;
 use crate::model::batch::Batch;
 use crate::model::config::ModelConfig;
 use crate::model::{GradRequest, Objective};
+use rand::RngCore;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 /// Floats of saved activations one gradient batch may hold (1 GiB): examples are attacked
@@ -287,18 +289,24 @@ impl<B: Backend> Attack<B> for Gcg {
         let subs: Vec<&Subject<B>> = batch.iter().map(|s| &**s).collect();
         let grads = self.gradients(v, &subs)?;
         let cands: Vec<Vec<Vec<u32>>> = subs
-            .iter()
+            .par_iter()
             .zip(&grads)
             .map(|(s, g)| {
                 let n = s.state.ids.len();
                 let (top, k) = topk(&g.grad, n, v.vocab, self.cfg.topk)?;
                 let mut rng = stream(self.cfg.seed, s.index, iteration, Purpose::GcgSample);
+                // The sampling op's seed is per example; its counter is the iteration.
+                let key = SampleKey {
+                    seed: rng.next_u64(),
+                    counter: iteration as u64,
+                };
                 sample(
                     &top,
                     k,
                     &s.state.ids,
                     self.cfg.search_width,
                     self.cfg.n_replace,
+                    key,
                     &mut rng,
                 )
             })

@@ -145,7 +145,8 @@ pub enum GoalSpec {
 }
 
 /// Builds the subjects of `examples` under a threat model: the prompt split at the attack
-/// slot, each segment tokenized on its own, the retokenization check prepared, the attack
+/// slot, the segments tokenized to fit the prompt with `init` in the slot (see
+/// [`TokenizedPrompt::in_context`]), the retokenization check prepared, the attack
 /// initialised from `init` ids.
 #[allow(clippy::too_many_arguments)]
 pub fn build_subjects<B: Backend>(
@@ -177,7 +178,7 @@ pub fn build_subjects<B: Backend>(
                 )));
             }
             let parts = layout(def, ex, threat, seed, i as u64);
-            let prompt = TokenizedPrompt::new(tok, &parts, ex.label)?;
+            let prompt = TokenizedPrompt::in_context(tok, &parts, init, ex.label)?;
             let goal = match spec {
                 GoalSpec::Classify => Goal::Classify {
                     label: ex.label,

@@ -10,6 +10,8 @@ use rayon::prelude::*;
 #[derive(Clone, Debug)]
 pub struct Vocab {
     allowed: Vec<u32>,
+    /// The complement of `allowed` below `model_vocab`: what the top-k op is told to skip.
+    forbidden: Vec<u32>,
     mask: Vec<bool>,
 }
 
@@ -52,11 +54,23 @@ impl Vocab {
                 "no token id may be proposed (all are special, empty or filtered out)",
             ));
         }
-        Ok(Vocab { allowed, mask })
+        let forbidden = (0..mask.len() as u32)
+            .filter(|&i| !mask[i as usize])
+            .collect();
+        Ok(Vocab {
+            allowed,
+            forbidden,
+            mask,
+        })
     }
 
     pub fn allowed(&self) -> &[u32] {
         &self.allowed
+    }
+
+    /// Ids below `model_vocab` that may not be proposed, sorted.
+    pub fn forbidden(&self) -> &[u32] {
+        &self.forbidden
     }
 
     pub fn is_allowed(&self, id: u32) -> bool {

@@ -8,15 +8,15 @@
 //! - the last-layer shortcut: only the rows a head reads need the last layer's attention
 //!   output projection, MLP and final norm, so those run on the gathered rows alone.
 //!
-//! The layer loop here is a lean twin of `transformer::layer_forward` (same ops in the same
-//! order, so the numbers agree bit for bit up to the shortcut) that keeps nothing for a
-//! backward pass. `tests/attack.rs` checks it against `Model::loss_and_grads` and `logits`.
+//! The layer loop here runs `transformer`'s two layer halves (`qkv_forward`,
+//! `post_attention`, so the numbers agree bit for bit up to the shortcut) with its own
+//! attention step and keeps nothing for a backward pass. `tests/attack.rs` checks it against `Model::loss_and_grads` and `logits`.
 
 use super::batch::Batch;
 use super::config::HeadKind;
-use super::transformer::{backward_stack, PrefixCache};
+use super::transformer::{backward_stack, post_attention, qkv_forward, PrefixCache};
 use super::Model;
-use crate::backend::{AttnShape, Backend, RotaryShape};
+use crate::backend::{AttnShape, Backend};
 use crate::error::{Error, Result};
 
 /// The first `len` positions of a prefix cache. Attention reads only the first
@@ -376,48 +376,7 @@ impl<B: Backend> Model<B> {
         kept: &mut Vec<B::Buf>,
     ) -> Option<B::Buf> {
         let (be, cfg, lw) = (&self.backend, &self.cfg, &self.weights.layers[li]);
-        let (h, rows, eps) = (cfg.hidden, ctx.rows, cfg.norm_eps);
-        let (qd, ad, ud, id) = (
-            cfg.qkv_dim(),
-            cfg.attn_dim(),
-            cfg.up_rows(),
-            cfg.intermediate,
-        );
-        let mut a = be.zeros(rows * h);
-        let (mut mean, mut rstd) = (be.zeros(rows), be.zeros(rows));
-        be.norm(
-            cfg.norm,
-            &mut a,
-            &mut mean,
-            &mut rstd,
-            &x,
-            &lw.ln1_w,
-            lw.ln1_b.as_ref(),
-            rows,
-            h,
-            eps,
-        );
-        let mut qkv = be.zeros(rows * qd);
-        be.matmul(
-            &mut qkv,
-            &a,
-            &lw.qkv_w,
-            lw.qkv_b.as_ref(),
-            rows,
-            h,
-            qd,
-            false,
-        );
-        drop(a);
-        let rot = RotaryShape {
-            rows,
-            heads: cfg.heads,
-            kv_heads: cfg.kv_heads,
-            head_dim: cfg.head_dim,
-            rot_dims: cfg.rotary_dims,
-            base: cfg.rope_base,
-        };
-        be.rotary(&mut qkv, ctx.positions, rot, false);
+        let qkv = qkv_forward(be, cfg, lw, &x, ctx.positions, ctx.rows).qkv;
         if matches!(mode, LayerMode::QkvOnly) {
             kept.push(qkv);
             return None;
@@ -426,6 +385,7 @@ impl<B: Backend> Model<B> {
         if ctx.keep_qkv {
             kept.push(qkv);
         }
+        let (h, ad) = (cfg.hidden, cfg.attn_dim());
         let (x, att, r) = match mode {
             LayerMode::Rows(sel) => {
                 let mut xs = be.zeros(sel.len() * h);
@@ -434,43 +394,9 @@ impl<B: Backend> Model<B> {
                 be.gather_rows(&mut atts, &att, sel, ad);
                 (xs, atts, sel.len())
             }
-            _ => (x, att, rows),
+            _ => (x, att, ctx.rows),
         };
-        let mut ao = be.zeros(r * h);
-        be.matmul(&mut ao, &att, &lw.o_w, lw.o_b.as_ref(), r, ad, h, false);
-        // Parallel residual: both branches read x. Sequential: the MLP reads x + attn.
-        let mut resid = be.zeros(r * h);
-        be.add(&mut resid, &x, &ao);
-        let mlp_in = if cfg.parallel_residual { &x } else { &resid };
-        let mut m = be.zeros(r * h);
-        let (mut mean2, mut rstd2) = (be.zeros(r), be.zeros(r));
-        be.norm(
-            cfg.norm,
-            &mut m,
-            &mut mean2,
-            &mut rstd2,
-            mlp_in,
-            &lw.ln2_w,
-            lw.ln2_b.as_ref(),
-            r,
-            h,
-            eps,
-        );
-        let mut u = be.zeros(r * ud);
-        be.matmul(&mut u, &m, &lw.up_w, lw.up_b.as_ref(), r, h, ud, false);
-        let mut g = be.zeros(r * id);
-        be.activation(cfg.act, &mut g, &u, r, id);
-        be.matmul(
-            &mut resid,
-            &g,
-            &lw.down_w,
-            lw.down_b.as_ref(),
-            r,
-            id,
-            h,
-            true,
-        );
-        Some(resid)
+        Some(post_attention(be, cfg, lw, &x, &att, r, false).0)
     }
 }
 

@@ -121,14 +121,66 @@ fn layer_forward<B: Backend>(
     prefix_qkv: Option<&B::Buf>,
     p_len: usize,
 ) -> (B::Buf, LayerActs<B::Buf>) {
-    let (h, rows) = (cfg.hidden, inp.batch * inp.seq);
-    let (qd, ad, ud, id) = (
-        cfg.qkv_dim(),
-        cfg.attn_dim(),
-        cfg.up_rows(),
-        cfg.intermediate,
-    );
-    let eps = cfg.norm_eps;
+    let rows = inp.batch * inp.seq;
+    let QkvActs {
+        a,
+        mean1,
+        rstd1,
+        qkv,
+    } = qkv_forward(be, cfg, lw, &x, positions, rows);
+    let mut att = be.zeros(rows * cfg.attn_dim());
+    let mut lse = be.zeros(rows * cfg.heads);
+    let shape = attn_shape(cfg, inp.batch, inp.seq, p_len);
+    be.attention(&mut att, &mut lse, &qkv, prefix_qkv, inp.lens, shape);
+    let (resid, post) = post_attention(be, cfg, lw, &x, &att, rows, true);
+    let PostActs {
+        ao,
+        h,
+        m,
+        mean2,
+        rstd2,
+        u,
+        g,
+    } = post;
+    let acts = LayerActs {
+        x,
+        a,
+        mean1,
+        rstd1,
+        qkv,
+        att,
+        lse,
+        ao,
+        h,
+        m,
+        mean2,
+        rstd2,
+        u,
+        g,
+    };
+    (resid, acts)
+}
+
+/// What a layer computes before attention.
+pub(super) struct QkvActs<Buf> {
+    pub a: Buf,
+    pub mean1: Buf,
+    pub rstd1: Buf,
+    /// After rotary.
+    pub qkv: Buf,
+}
+
+/// A layer up to attention: first norm, qkv projection, rotary. Shared by the training
+/// forward and the lean scoring forward (`scoring.rs`) so both compute the same numbers.
+pub(super) fn qkv_forward<B: Backend>(
+    be: &B,
+    cfg: &ModelConfig,
+    lw: &LayerWeights<B::Buf>,
+    x: &B::Buf,
+    positions: &[u32],
+    rows: usize,
+) -> QkvActs<B::Buf> {
+    let h = cfg.hidden;
     let mut a = be.zeros(rows * h);
     let mut mean1 = be.zeros(rows);
     let mut rstd1 = be.zeros(rows);
@@ -137,14 +189,14 @@ fn layer_forward<B: Backend>(
         &mut a,
         &mut mean1,
         &mut rstd1,
-        &x,
+        x,
         &lw.ln1_w,
         lw.ln1_b.as_ref(),
         rows,
         h,
-        eps,
+        cfg.norm_eps,
     );
-    let mut qkv = be.zeros(rows * qd);
+    let mut qkv = be.zeros(rows * cfg.qkv_dim());
     be.matmul(
         &mut qkv,
         &a,
@@ -152,28 +204,54 @@ fn layer_forward<B: Backend>(
         lw.qkv_b.as_ref(),
         rows,
         h,
-        qd,
+        cfg.qkv_dim(),
         false,
     );
     be.rotary(&mut qkv, positions, rotary_shape(cfg, rows), false);
-    let mut att = be.zeros(rows * ad);
-    let mut lse = be.zeros(rows * cfg.heads);
-    let shape = attn_shape(cfg, inp.batch, inp.seq, p_len);
-    be.attention(&mut att, &mut lse, &qkv, prefix_qkv, inp.lens, shape);
-    let mut ao = be.zeros(rows * h);
-    be.matmul(&mut ao, &att, &lw.o_w, lw.o_b.as_ref(), rows, ad, h, false);
+    QkvActs {
+        a,
+        mean1,
+        rstd1,
+        qkv,
+    }
+}
 
+/// What a layer computes after attention (besides its output).
+pub(super) struct PostActs<Buf> {
+    pub ao: Buf,
+    /// x + ao, kept for sequential blocks when asked to.
+    pub h: Option<Buf>,
+    pub m: Buf,
+    pub mean2: Buf,
+    pub rstd2: Buf,
+    pub u: Buf,
+    pub g: Buf,
+}
+
+/// A layer from its attention output `att` [rows, attn_dim] on: output projection, residual,
+/// second norm, MLP. Returns the layer output and the intermediates; `keep_h` copies the
+/// sequential block's x + ao (the backward needs it; the output overwrites it).
+pub(super) fn post_attention<B: Backend>(
+    be: &B,
+    cfg: &ModelConfig,
+    lw: &LayerWeights<B::Buf>,
+    x: &B::Buf,
+    att: &B::Buf,
+    rows: usize,
+    keep_h: bool,
+) -> (B::Buf, PostActs<B::Buf>) {
+    let (h, ad, ud, id) = (cfg.hidden, cfg.attn_dim(), cfg.up_rows(), cfg.intermediate);
+    let mut ao = be.zeros(rows * h);
+    be.matmul(&mut ao, att, &lw.o_w, lw.o_b.as_ref(), rows, ad, h, false);
     // Parallel residual: both branches read x. Sequential: the MLP reads h = x + attn.
     let mut resid = be.zeros(rows * h);
-    be.add(&mut resid, &x, &ao);
-    let hbuf = if cfg.parallel_residual {
-        None
-    } else {
+    be.add(&mut resid, x, &ao);
+    let hbuf = (keep_h && !cfg.parallel_residual).then(|| {
         let mut hb = be.zeros(rows * h);
         be.copy(&mut hb, &resid);
-        Some(hb)
-    };
-    let mlp_in = hbuf.as_ref().unwrap_or(&x);
+        hb
+    });
+    let mlp_in = if cfg.parallel_residual { x } else { &resid };
     let mut m = be.zeros(rows * h);
     let mut mean2 = be.zeros(rows);
     let mut rstd2 = be.zeros(rows);
@@ -187,7 +265,7 @@ fn layer_forward<B: Backend>(
         lw.ln2_b.as_ref(),
         rows,
         h,
-        eps,
+        cfg.norm_eps,
     );
     let mut u = be.zeros(rows * ud);
     be.matmul(&mut u, &m, &lw.up_w, lw.up_b.as_ref(), rows, h, ud, false);
@@ -204,14 +282,7 @@ fn layer_forward<B: Backend>(
         h,
         true,
     );
-    let acts = LayerActs {
-        x,
-        a,
-        mean1,
-        rstd1,
-        qkv,
-        att,
-        lse,
+    let post = PostActs {
         ao,
         h: hbuf,
         m,
@@ -220,7 +291,7 @@ fn layer_forward<B: Backend>(
         u,
         g,
     };
-    (resid, acts)
+    (resid, post)
 }
 
 /// Backward through the layer stack. `dx` is the gradient w.r.t. `trace.x_out`; returns the

@@ -28,6 +28,49 @@ impl TokenizedPrompt {
         })
     }
 
+    /// The segments fitted to the whole prompt with `init` in the slot, so that
+    /// `before ++ init ++ after` is exactly the tokenization of that prompt's text and the
+    /// initial attack passes the retokenization check.
+    ///
+    /// Why: a segment tokenized on its own can end differently than it does in the prompt.
+    /// Byte-level BPE splits a whitespace run by what follows it (`\s+(?!\S)`), so
+    /// instructions ending in "\n\n" give the single token "\n\n" alone but "\n", "\n"
+    /// before any attack text that does not start with a space. With the alone-tokenized
+    /// `before` (the prefix threat model on PasswordMatch) the initial attack already fails
+    /// the check, and so does every candidate that keeps its first token: 97% of single
+    /// swaps were rejected for a seam the attack never chose.
+    ///
+    /// The text is tokenized whole and split where `init` sits. When it cannot be split
+    /// there (the attack text merges with its neighbours, e.g. a slot right after a space
+    /// before "@"), the segments stay tokenized alone and the attack must find valid
+    /// tokens itself, as in the study.
+    pub fn in_context(
+        tok: &Tokenizer,
+        parts: &PromptParts,
+        init: &[u32],
+        label: u32,
+    ) -> Result<Self> {
+        let alone = TokenizedPrompt::new(tok, parts, label)?;
+        if init.is_empty() || super::retokenizes(tok, &alone.ids(init))? {
+            return Ok(alone);
+        }
+        let text = parts.with_attack(&tok.decode(init)?);
+        let whole = tok.encode(&text)?;
+        // Tokens after the slot do not depend on what precedes them (the pre-token regexes
+        // look ahead only), so `after` is its own tokenization whenever a split exists.
+        let tail = [init, alone.after.as_slice()].concat();
+        let Some(k) = whole.len().checked_sub(tail.len()) else {
+            return Ok(alone);
+        };
+        if whole[k..] != tail[..] || tok.decode(&whole[..k])? != parts.before {
+            return Ok(alone);
+        }
+        Ok(TokenizedPrompt {
+            before: whole[..k].to_vec(),
+            ..alone
+        })
+    }
+
     /// `before ++ attack ++ after`.
     pub fn ids(&self, attack: &[u32]) -> Vec<u32> {
         let mut out = Vec::with_capacity(self.len(attack.len()));

@@ -7,11 +7,35 @@ use rayon::prelude::*;
 const SQRT_2_OVER_PI: f32 = 0.797_884_6;
 const GELU_TANH_C: f32 = 0.044_715;
 
+/// Elements per rayon task: one element is far too little work to hand out alone.
+const CHUNK: usize = 2048;
+
+/// erf(x) as an odd/even rational function on [-4, 4] (beyond, f32 erf is ±1 to within
+/// half an ulp): multiplies, adds and one divide without branches, so the activation loops
+/// vectorize. libm's branchy scalar erff took ~10% of a GCG iteration. Coefficients: the
+/// minimax fit used by Eigen and XLA for f32 erf; within 1e-6 of libm (tested below).
+#[inline]
+fn erf(x: f32) -> f32 {
+    let x = x.clamp(-4.0, 4.0);
+    let x2 = x * x;
+    let mut p = x2 * -2.726_142_3e-10 + 2.770_681_4e-8;
+    p = x2 * p + -2.101_024e-6;
+    p = x2 * p + -5.692_506_4e-5;
+    p = x2 * p + -7.349_906_3e-4;
+    p = x2 * p + -2.954_6e-3;
+    p = x2 * p + -1.609_603_3e-2;
+    let mut q = x2 * -1.456_607_2e-5 + -2.133_740_6e-4;
+    q = x2 * q + -1.682_827e-3;
+    q = x2 * q + -7.373_329e-3;
+    q = x2 * q + -1.426_473_9e-2;
+    x * p / q
+}
+
 fn gelu(x: f32) -> f32 {
-    0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2))
+    0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 fn gelu_grad(x: f32) -> f32 {
-    let cdf = 0.5 * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2));
+    let cdf = 0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
     let pdf = (-0.5 * x * x).exp() * 0.398_942_3;
     cdf + x * pdf
 }
@@ -31,9 +55,9 @@ fn sigmoid(x: f32) -> f32 {
 pub fn activation_fwd(act: Activation, out: &mut [f32], u: &[f32], inter: usize) {
     match act {
         Activation::Gelu => out
-            .par_iter_mut()
-            .zip(u.par_iter())
-            .for_each(|(o, &x)| *o = gelu(x)),
+            .par_chunks_mut(CHUNK)
+            .zip(u.par_chunks(CHUNK))
+            .for_each(|(o, u)| o.iter_mut().zip(u).for_each(|(o, &x)| *o = gelu(x))),
         Activation::GeluTanh => out
             .par_iter_mut()
             .zip(u.par_iter())
@@ -73,5 +97,22 @@ pub fn activation_bwd(act: Activation, du: &mut [f32], dout: &[f32], u: &[f32], 
                     dg[i] = gr[i] * up[i] * s * (1.0 + g[i] * (1.0 - s));
                 }
             }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn erf_matches_libm() {
+        let mut worst = 0.0f32;
+        for i in -60_000..=60_000 {
+            let x = i as f32 * 1e-4;
+            worst = worst.max((erf(x) - libm::erff(x)).abs());
+        }
+        assert!(worst < 1e-6, "max |erf - libm::erff| = {worst:e}");
+        assert_eq!(erf(0.0), 0.0);
+        assert!((erf(100.0) - 1.0).abs() < 1e-6 && (erf(-100.0) + 1.0).abs() < 1e-6);
     }
 }

@@ -2,11 +2,34 @@
 //! Parallel over (sequence, kv head) so the backward's dK/dV writes never race: all query
 //! heads that share a kv head are handled by the same task.
 
+use super::gemm;
 use crate::backend::AttnShape;
 use rayon::prelude::*;
 
+/// Dot product in eight independent partial sums: a single running sum is one long
+/// dependency chain the compiler may not reorder (no fast-math), so it cannot use SIMD.
 fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
+    let mut acc = [0.0f32; 8];
+    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = a8
+        .remainder()
+        .iter()
+        .zip(b8.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in a8.zip(b8) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// acc += p * v
+fn axpy(acc: &mut [f32], p: f32, v: &[f32]) {
+    for (a, &x) in acc.iter_mut().zip(v) {
+        *a += p * x;
+    }
 }
 
 /// Raw pointer wrapper for disjoint parallel writes.
@@ -39,6 +62,9 @@ pub fn attention_fwd(
     let out_w = nh * hd;
     assert_eq!(out.len(), s.batch * t_len * out_w);
     assert_eq!(lse.len(), s.batch * t_len * nh);
+    if let (Some(pre), true) = (prefix, p_len > 0) {
+        return attention_fwd_prefix(out, lse, qkv, pre, lens, s);
+    }
     let out_p = SendPtr(out.as_mut_ptr());
     let lse_p = SendPtr(lse.as_mut_ptr());
     (0..s.batch * nkv).into_par_iter().for_each(|task| {
@@ -78,9 +104,7 @@ pub fn attention_fwd(
                         let r = b * t_len + (j - p_len);
                         &qkv[r * width + v_off..r * width + v_off + hd]
                     };
-                    for (a, &v) in acc.iter_mut().zip(vrow) {
-                        *a += p * v;
-                    }
+                    axpy(&mut acc, p, vrow);
                 }
                 // A padded query past the end of an empty sequence sees no keys at all.
                 let inv = if n > 0 { 1.0 / sum } else { 0.0 };
@@ -96,6 +120,107 @@ pub fn attention_fwd(
             }
         }
     });
+}
+
+/// [`attention_fwd`] with a shared prefix: the part every query shares — its scores
+/// against the prefix keys and their weighted sum of prefix values — is two GEMMs per head
+/// over all rows of the batch (scoring runs ~1,000 candidate rows against one cached
+/// prompt, and a per-row dot loop left this op at a third of a GCG iteration). Only the
+/// few keys of each row's own sequence are handled row by row, in the same softmax.
+fn attention_fwd_prefix(
+    out: &mut [f32],
+    lse: &mut [f32],
+    qkv: &[f32],
+    prefix: &[f32],
+    lens: &[usize],
+    s: AttnShape,
+) {
+    let (hd, nh, nkv, t_len, p_len) = (s.head_dim, s.heads, s.kv_heads, s.seq, s.prefix);
+    let (width, group, out_w) = (s.qkv_dim(), nh / nkv, nh * hd);
+    let rows = s.batch * t_len;
+    let scale = 1.0 / (hd as f32).sqrt();
+    assert!(
+        prefix.len() >= p_len * width,
+        "prefix has fewer than {p_len} rows"
+    );
+    let mut probs = vec![0.0f32; rows * p_len];
+    for qh in 0..nh {
+        let kvh = qh / group;
+        let (k_off, v_off) = ((nh + kvh) * hd, (nh + nkv + kvh) * hd);
+        // probs[r, j] = q[r] . k_prefix[j]
+        gemm::sgemm(
+            rows,
+            p_len,
+            hd,
+            &mut probs,
+            p_len,
+            false,
+            &qkv[qh * hd..],
+            width,
+            1,
+            &prefix[k_off..],
+            1,
+            width,
+        );
+        // Per row: scores against its own sequence's keys, one softmax over both parts,
+        // the own-key values summed into `out`; the prefix part is left as probabilities.
+        probs
+            .par_chunks_mut(p_len)
+            .zip(out.par_chunks_mut(out_w))
+            .zip(lse.par_chunks_mut(nh))
+            .enumerate()
+            .for_each(|(row, ((pr, o), l))| {
+                let (b, t) = (row / t_len, row % t_len);
+                let q = &qkv[row * width + qh * hd..][..hd];
+                let own = |j: usize, off: usize| &qkv[(b * t_len + j) * width + off..][..hd];
+                let n_new = (t + 1).min(lens[b]);
+                let mut new = [0.0f32; 64];
+                let mut new_vec;
+                let sc: &mut [f32] = if n_new <= new.len() {
+                    &mut new[..n_new]
+                } else {
+                    new_vec = vec![0.0f32; n_new];
+                    &mut new_vec
+                };
+                for (j, x) in sc.iter_mut().enumerate() {
+                    *x = dot(q, own(j, k_off)) * scale;
+                }
+                let mut max = f32::NEG_INFINITY;
+                for x in pr.iter_mut() {
+                    *x *= scale;
+                    max = max.max(*x);
+                }
+                max = sc.iter().fold(max, |m, &x| m.max(x));
+                let mut sum = 0.0f32;
+                for x in pr.iter_mut().chain(sc.iter_mut()) {
+                    *x = (*x - max).exp();
+                    sum += *x;
+                }
+                let inv = 1.0 / sum;
+                pr.iter_mut().for_each(|x| *x *= inv);
+                let o = &mut o[qh * hd..(qh + 1) * hd];
+                o.fill(0.0);
+                for (j, &p) in sc.iter().enumerate() {
+                    axpy(o, p * inv, own(j, v_off));
+                }
+                l[qh] = max + sum.ln();
+            });
+        // out[r, head] += probs[r, :] . v_prefix
+        gemm::sgemm(
+            rows,
+            hd,
+            p_len,
+            &mut out[qh * hd..],
+            out_w,
+            true,
+            &probs,
+            p_len,
+            1,
+            &prefix[v_off..],
+            width,
+            1,
+        );
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -2,6 +2,7 @@
 //! fast path in its own right (SIMD GEMM from the `gemm` crate, rayon everywhere else).
 
 pub mod activation;
+pub mod alloc;
 pub mod attention;
 pub mod gcg;
 pub mod gemm;
