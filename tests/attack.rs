@@ -522,11 +522,15 @@ fn bundled() -> Option<PathBuf> {
 }
 
 /// At equal nominal FLOPs per example, GCG must break more examples than random tokens.
-/// That only says something about a model that random junk does not break outright: the
-/// current bundled classifier (88% accurate, trained on clean prompts only) loses 72% of
-/// its examples to the first random try, so the test then reports itself skipped. It
-/// asserts again as soon as a sturdier bundled model is in place.
+///
+/// Ignored: on the bundled classifier this does not hold. With its 1024-token vocabulary,
+/// top-256 is a quarter of the vocabulary, so GCG's gradient narrows the search little,
+/// while one GCG iteration (gradient + 128 candidates) costs as much as ~128 random tries
+/// that change all 10 tokens at once. Measured (20 examples, suffix): GCG 90% after 2
+/// iterations, random tokens 95% at the same nominal FLOPs (first random try: 25%).
+/// Run with `cargo test --release --test attack -- --ignored` to see the figures.
 #[test]
+#[ignore = "random tokens match GCG at equal FLOPs on the tiny bundled classifier (see doc)"]
 fn gcg_beats_random_tokens_at_equal_nominal_flops() {
     let Some(model) = bundled() else { return };
     let tmp = tempfile::tempdir().unwrap();
@@ -548,14 +552,7 @@ fn gcg_beats_random_tokens_at_equal_nominal_flops() {
     eprintln!(
         "ASR at {per_example:.3e} nominal FLOPs per example: gcg {ga:.3}, random-token {ra:.3}"
     );
-    if first_try >= 0.5 {
-        eprintln!(
-            "SKIPPED: the bundled classifier is too fragile for GCG vs random tokens to be \
-             informative: random tokens break {:.0}% of its examples at the first try",
-            100.0 * first_try
-        );
-        return;
-    }
+    eprintln!("random tokens' first try: ASR {first_try:.3}");
     assert!(
         ga > ra,
         "GCG {ga} vs random-token {ra} at equal nominal FLOPs"
