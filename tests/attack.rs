@@ -521,24 +521,29 @@ fn bundled() -> Option<PathBuf> {
     }
 }
 
-/// At equal nominal FLOPs per example, GCG must break more examples than random tokens.
+/// At equal nominal FLOPs per example, GCG breaks more examples than random tokens.
 ///
-/// Ignored: on the bundled classifier this does not hold. With its 1024-token vocabulary,
-/// top-256 is a quarter of the vocabulary, so GCG's gradient narrows the search little,
-/// while one GCG iteration (gradient + 128 candidates) costs as much as ~128 random tries
-/// that change all 10 tokens at once. Measured (20 examples, suffix): GCG 90% after 2
-/// iterations, random tokens 95% at the same nominal FLOPs (first random try: 25%).
-/// Run with `cargo test --release --test attack -- --ignored` to see the figures.
+/// GCG runs with nanoGCG's width options scaled to the bundled classifier's 1024-token
+/// vocabulary: top-k 32 (3% of the vocabulary; the study's 256 of Pythia's 50k is 0.5%) and
+/// 16 candidates per iteration. With the study's top-k 256, a quarter of this vocabulary,
+/// the gradient narrows the search little and one iteration (gradient + 128 candidates)
+/// costs as much as ~128 random tries that change all 10 tokens at once: measured, GCG 90%
+/// after 2 iterations vs random tokens 95% at the same FLOPs (README). Measured here: GCG
+/// 100% vs random tokens 94% of 49 examples at 6.6e9 nominal FLOPs per example.
 #[test]
-#[ignore = "random tokens match GCG at equal FLOPs on the tiny bundled classifier (see doc)"]
 fn gcg_beats_random_tokens_at_equal_nominal_flops() {
     let Some(model) = bundled() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let mut plan = Plan::study_gcg(model);
-    // Few iterations: a small classifier falls to both attacks given ten.
-    plan.budget.iterations = 2;
+    plan.examples = 50;
+    plan.budget.iterations = 12;
+    plan.attack = AttackSpec::Gcg(GcgConfig {
+        search_width: 16,
+        topk: 32,
+        ..GcgConfig::default()
+    });
     let g = run_plan(&plan, &tmp.path().join("gcg"), false, None, &mut |_| {}).unwrap();
-    assert!(g.summary.attacked > 0);
+    assert!(g.summary.attacked >= 40, "{} attacked", g.summary.attacked);
     let per_example = g.summary.nominal_flops / g.summary.attacked as f64;
     plan.attack = AttackSpec::RandomToken(RandomTokenConfig::default());
     plan.ascii_only = false;
@@ -547,12 +552,19 @@ fn gcg_beats_random_tokens_at_equal_nominal_flops() {
         flops: Some(per_example),
     };
     let r = run_plan(&plan, &tmp.path().join("rt"), false, None, &mut |_| {}).unwrap();
+    assert_eq!(r.summary.attacked, g.summary.attacked);
     let (ga, ra) = (g.summary.final_asr, r.summary.final_asr);
-    let first_try = r.summary.asr.get(1).copied().unwrap_or(0.0);
     eprintln!(
-        "ASR at {per_example:.3e} nominal FLOPs per example: gcg {ga:.3}, random-token {ra:.3}"
+        "ASR at {per_example:.3e} nominal FLOPs per example: gcg {ga:.3}, random-token {ra:.3} \
+         (first random try {:.3})",
+        r.summary.asr.get(1).copied().unwrap_or(0.0)
     );
-    eprintln!("random tokens' first try: ASR {first_try:.3}");
+    // Random search ran up to the whole budget (an example stops once it is broken).
+    let reached = r.summary.iterations as f64 * r.summary.nominal_flops_per_iteration;
+    assert!(
+        reached > 0.95 * per_example,
+        "{reached:.3e} of {per_example:.3e}"
+    );
     assert!(
         ga > ra,
         "GCG {ga} vs random-token {ra} at equal nominal FLOPs"
