@@ -521,29 +521,18 @@ fn bundled() -> Option<PathBuf> {
     }
 }
 
-/// At equal nominal FLOPs per example, GCG breaks more examples than random tokens.
-///
-/// GCG runs with nanoGCG's width options scaled to the bundled classifier's 1024-token
-/// vocabulary: top-k 32 (3% of the vocabulary; the study's 256 of Pythia's 50k is 0.5%) and
-/// 16 candidates per iteration. With the study's top-k 256, a quarter of this vocabulary,
-/// the gradient narrows the search little and one iteration (gradient + 128 candidates)
-/// costs as much as ~128 random tries that change all 10 tokens at once: measured, GCG 90%
-/// after 2 iterations vs random tokens 95% at the same FLOPs (README). Measured here: GCG
-/// 100% vs random tokens 94% of 49 examples at 6.6e9 nominal FLOPs per example.
+/// At equal nominal FLOPs per example, GCG breaks more examples than random tokens, with
+/// the study's settings (10 iterations, 128 candidates, top-k 256, suffix, 20 examples).
+/// Measured: GCG 75% vs random tokens 50% at 3.8e10 nominal FLOPs per example. At small
+/// budgets random tokens lead (30% vs GCG's 10% after 2 iterations): one GCG iteration
+/// costs as much as ~128 random tries.
 #[test]
 fn gcg_beats_random_tokens_at_equal_nominal_flops() {
     let Some(model) = bundled() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let mut plan = Plan::study_gcg(model);
-    plan.examples = 50;
-    plan.budget.iterations = 12;
-    plan.attack = AttackSpec::Gcg(GcgConfig {
-        search_width: 16,
-        topk: 32,
-        ..GcgConfig::default()
-    });
     let g = run_plan(&plan, &tmp.path().join("gcg"), false, None, &mut |_| {}).unwrap();
-    assert!(g.summary.attacked >= 40, "{} attacked", g.summary.attacked);
+    assert!(g.summary.attacked >= 15, "{} attacked", g.summary.attacked);
     let per_example = g.summary.nominal_flops / g.summary.attacked as f64;
     plan.attack = AttackSpec::RandomToken(RandomTokenConfig::default());
     plan.ascii_only = false;
