@@ -247,6 +247,36 @@ impl<D: KernelDevice> GpuBackend<D> {
         [(n.div_ceil(THREADS as usize)).clamp(1, 4096) as u32, 1, 1]
     }
 
+    /// One activation kernel, forward or backward (`pass` "fwd" / "bwd"): both passes take
+    /// the same argument block; `dout` is 0 for the forward.
+    #[allow(clippy::too_many_arguments)]
+    fn launch_activation(
+        &self,
+        act: Activation,
+        pass: &str,
+        out: u64,
+        u: &GpuBuf<D>,
+        dout: u64,
+        n: usize,
+        inter: usize,
+    ) {
+        let base = match act {
+            Activation::Gelu => "gelu",
+            Activation::GeluTanh => "gelu_tanh",
+            Activation::SiluGated => "swiglu",
+        };
+        let args = ActArgs {
+            out,
+            u: u.addr(),
+            dout,
+            n: n as u64,
+            inter: inter as u32,
+            _pad: 0,
+        };
+        let op = format!("{base}_{pass}");
+        self.launch(&self.kname(&op), Self::grid_1d(n), THREADS, 0, &args);
+    }
+
     /// Makes `buf` an f32 buffer of its length (statistics outputs), keeping it if it is one.
     fn ensure_f32(&self, buf: &mut GpuBuf<D>) {
         if buf.dtype != DType::F32 {
@@ -823,21 +853,7 @@ impl<D: KernelDevice> Backend for GpuBackend<D> {
         if self.skip(&[out, u]) {
             return;
         }
-        let op = match act {
-            Activation::Gelu => "gelu_fwd",
-            Activation::GeluTanh => "gelu_tanh_fwd",
-            Activation::SiluGated => "swiglu_fwd",
-        };
-        let n = rows * inter;
-        let args = ActArgs {
-            out: out.addr(),
-            u: u.addr(),
-            dout: 0,
-            n: n as u64,
-            inter: inter as u32,
-            _pad: 0,
-        };
-        self.launch(&self.kname(op), Self::grid_1d(n), THREADS, 0, &args);
+        self.launch_activation(act, "fwd", out.addr(), u, 0, rows * inter, inter);
     }
 
     fn activation_bwd(
@@ -852,21 +868,8 @@ impl<D: KernelDevice> Backend for GpuBackend<D> {
         if self.skip(&[du, dout, u]) {
             return;
         }
-        let op = match act {
-            Activation::Gelu => "gelu_bwd",
-            Activation::GeluTanh => "gelu_tanh_bwd",
-            Activation::SiluGated => "swiglu_bwd",
-        };
         let n = rows * inter;
-        let args = ActArgs {
-            out: du.addr(),
-            u: u.addr(),
-            dout: dout.addr(),
-            n: n as u64,
-            inter: inter as u32,
-            _pad: 0,
-        };
-        self.launch(&self.kname(op), Self::grid_1d(n), THREADS, 0, &args);
+        self.launch_activation(act, "bwd", du.addr(), u, dout.addr(), n, inter);
     }
 
     fn copy(&self, dst: &mut GpuBuf<D>, src: &GpuBuf<D>) {
