@@ -13,7 +13,9 @@
 #
 # Usage: bash scripts/gpu-check.sh
 # Env:   ARMSRACE_BENCH_ITERS (default 3), ARMSRACE_CUDA_ARCHS (default sm_80,sm_90,compute_90),
-#        ARMSRACE_NO_BUNDLE=1 (build even when gpu-bundle/ is present)
+#        ARMSRACE_NO_BUNDLE=1 (build even when gpu-bundle/ is present),
+#        ARMSRACE_TEST_TIMEOUT (seconds per test binary, default 300),
+#        ARMSRACE_BENCH_TIMEOUT (seconds for the benchmarks, default 240)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUTDIR=${OUT:-target}
@@ -27,9 +29,25 @@ step() { echo "== $*" | tee -a "$LOG"; }
 export ARMSRACE_ROOT=$PWD
 TESTS=(gpu_ops gpu_model gpu_oom)
 ITERS=${ARMSRACE_BENCH_ITERS:-3}
+TEST_TIMEOUT=${ARMSRACE_TEST_TIMEOUT:-300}
+BENCH_TIMEOUT=${ARMSRACE_BENCH_TIMEOUT:-240}
+
+# cudarc dlopens libcublasLt by name: put the toolkit's or a pip wheel's copy on the loader
+# path when the system's does not already find it (GEMMs fall back to kernels/gemm.cu without).
+if ! ldconfig -p 2>/dev/null | grep -q 'libcublasLt\.so'; then
+  for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib \
+    /opt/torch/.venv/lib/python3*/site-packages/nvidia/cu13/lib \
+    /opt/torch/.venv/lib/python3*/site-packages/nvidia/cublas/lib; do
+    if compgen -G "$d/libcublasLt.so*" >/dev/null; then
+      export LD_LIBRARY_PATH="$d${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+      break
+    fi
+  done
+fi
 
 gpu=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -n 1)
 step "device: ${gpu:-none visible to nvidia-smi}"
+step "libcublasLt: $( (ldconfig -p 2>/dev/null | grep -o '/[^ ]*libcublasLt\.so[^ ]*' | head -n 1) || true)${LD_LIBRARY_PATH:+ LD_LIBRARY_PATH=$LD_LIBRARY_PATH}"
 
 bundle_commit=null
 if [ -x gpu-bundle/armsrace ] && [ -z "${ARMSRACE_NO_BUNDLE:-}" ]; then
@@ -82,12 +100,12 @@ if [ "$status" = ok ]; then
       continue
     fi
     # --nocapture: the tests print SKIPPED when they found no GPU, counted below.
-    timeout 300 "$exe" --nocapture 2>&1 | tee -a "$LOG" | grep -E "^test |test result|SKIPPED" || true
+    timeout "$TEST_TIMEOUT" "$exe" --nocapture 2>&1 | tee -a "$LOG" | grep -E "^test |test result|SKIPPED" || true
     rc=${PIPESTATUS[0]}
     [ "$rc" = 0 ] || tests_rc=$rc
   done
   step "benchmarks (armsrace bench --device cuda)"
-  timeout 240 "$ARMSRACE" bench --device cuda --iters "$ITERS" --json "$OUTDIR/gpu-bench.json" \
+  timeout "$BENCH_TIMEOUT" "$ARMSRACE" bench --device cuda --iters "$ITERS" --json "$OUTDIR/gpu-bench.json" \
     >>"$LOG" 2>&1
   bench_rc=$?
 fi
