@@ -180,12 +180,54 @@ pub fn build() {
         );
     }
     table += "];\n";
+    // Which module holds each kernel, so the device looks a kernel up in its own module
+    // instead of asking every module in turn (the misses are driver errors that
+    // compute-sanitizer reports).
+    let mut kernel_names: Vec<(String, usize)> = Vec::new();
+    for (module, src) in sources.iter().enumerate() {
+        let text = std::fs::read_to_string(src)
+            .unwrap_or_else(|e| fail(format!("{}: {e}", src.display())));
+        kernel_names.extend(kernel_entry_points(&text).into_iter().map(|k| (k, module)));
+    }
+    kernel_names.sort();
+    if let Some(w) = kernel_names.windows(2).find(|w| w[0].0 == w[1].0) {
+        fail(format!(
+            "kernel `{}` is defined in two kernels/*.cu files",
+            w[0].0
+        ));
+    }
+    table +=
+        "/// Every `extern \"C\" __global__` kernel (name, index into MODULES), sorted by name.\n\
+              pub const KERNELS: &[(&str, usize)] = &[\n";
+    for (name, module) in &kernel_names {
+        table += &format!("    ({name:?}, {module}),\n");
+    }
+    table += "];\n";
     table += &format!(
         "/// Target list the fatbins were built for.\npub const ARCHS: &str = {archs:?};\n"
     );
     std::fs::write(out_dir.join("kernels.rs"), table).expect("write kernels.rs");
 
     bindgen_args(&root, &out_dir);
+}
+
+/// The names of the `extern "C" __global__ ... void NAME(` entry points in one .cu file
+/// (the kernels' one declaration style; `void __launch_bounds__(...) NAME(` too).
+fn kernel_entry_points(source: &str) -> Vec<String> {
+    source
+        .lines()
+        .filter_map(|line| {
+            let rest = line.trim_start().strip_prefix("extern \"C\" __global__")?;
+            let mut after_void = rest.split_once("void ")?.1.trim_start();
+            if let Some(bounds) = after_void.strip_prefix("__launch_bounds__") {
+                after_void = bounds.split_once(')')?.1;
+            }
+            let name = after_void.split('(').next()?.trim();
+            let ok =
+                !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            ok.then(|| name.to_string())
+        })
+        .collect()
 }
 
 /// Runs bindgen on kernels/args.h and requires the committed src/backend/gpu/args.rs to match

@@ -108,12 +108,13 @@ impl CudaDevice {
         }
         let cname =
             CString::new(name).map_err(|_| Error::Other(format!("kernel name {name:?}")))?;
-        let found = h.modules.iter().find_map(|&m| {
-            // SAFETY: `m` is a module loaded in `new` and never unloaded before drop.
-            unsafe { drv::module::get_function(m, cname.clone()) }.ok()
-        });
-        let f = found
-            .ok_or_else(|| Error::Other(format!("no kernel named `{name}` in kernels/*.cu")))?;
+        let module = embedded::KERNELS
+            .binary_search_by(|(k, _)| (*k).cmp(name))
+            .map(|i| h.modules[embedded::KERNELS[i].1])
+            .map_err(|_| Error::Other(format!("no kernel named `{name}` in kernels/*.cu")))?;
+        // SAFETY: `module` was loaded in `new` and is not unloaded before drop.
+        let f = unsafe { drv::module::get_function(module, cname) }
+            .map_err(|e| drv_err(&format!("kernel `{name}`"), e))?;
         if smem > 48 * 1024 {
             self.allow_smem(f, name)?;
         }

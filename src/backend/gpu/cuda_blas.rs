@@ -144,22 +144,37 @@ impl Plan {
         let pref = lt::create_matmul_pref()?;
         let found = (|| {
             use ltsys::cublasLtMatmulPreferenceAttributes_t as P;
-            let set = |attr, v: u64| {
-                // SAFETY: `pref` is live; these attributes take 8-byte values.
-                unsafe {
-                    lt::set_matmul_pref_attribute(pref, attr, &v as *const u64 as *const c_void, 8)
-                }
-            };
-            set(
-                P::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                WORKSPACE_BYTES as u64,
-            )?;
+            // cuBLASLt checks each attribute's size: the workspace limit is a uint64_t, the
+            // alignments are uint32_t (an 8-byte alignment value is INVALID_VALUE).
+            let workspace = WORKSPACE_BYTES as u64;
+            // SAFETY: `pref` is live; MAX_WORKSPACE_BYTES takes a uint64_t.
+            unsafe {
+                lt::set_matmul_pref_attribute(
+                    pref,
+                    P::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                    &workspace as *const u64 as *const c_void,
+                    8,
+                )
+            }?;
             // The heuristic assumes 256-byte aligned operands unless told otherwise; views
             // into a buffer (LM-head chunks) may be less aligned.
-            set(P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, align)?;
-            set(P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, align)?;
-            set(P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, align)?;
-            set(P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, align)?;
+            let align = align as u32;
+            for attr in [
+                P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
+                P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
+                P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
+            ] {
+                // SAFETY: `pref` is live; the MIN_ALIGNMENT attributes take a uint32_t.
+                unsafe {
+                    lt::set_matmul_pref_attribute(
+                        pref,
+                        attr,
+                        &align as *const u32 as *const c_void,
+                        4,
+                    )
+                }?;
+            }
             // SAFETY: the descriptor, layouts and preference are live and describe one GEMM.
             unsafe {
                 lt::get_matmul_algo_heuristic(
@@ -192,7 +207,8 @@ impl Plan {
 pub(super) struct Blas {
     handle: ltsys::cublasLtHandle_t,
     workspace: sys::CUdeviceptr,
-    plans: HashMap<PlanKey, Plan>,
+    /// `None`: cuBLASLt refused to plan this shape; its GEMMs use kernels/gemm.cu.
+    plans: HashMap<PlanKey, Option<Plan>>,
 }
 // SAFETY: a cublasLt handle and its descriptors may be used from any thread as long as calls
 // on them do not overlap; the device keeps `Blas` behind a Mutex.
@@ -237,14 +253,22 @@ impl Blas {
             if self.plans.len() >= MAX_PLANS {
                 self.clear(stream);
             }
-            match Plan::new(self.handle, &key) {
-                Ok(p) => {
-                    self.plans.insert(key, p);
+            let plan = match Plan::new(self.handle, &key) {
+                Ok(p) => Some(p),
+                // The built-in kernel computes any shape: a refused plan costs speed, not the
+                // run. Said once per shape, since it is a slow path someone should look at.
+                Err(e) => {
+                    eprintln!(
+                        "armsrace: cuBLASLt has no plan for GEMM m={} n={} k={} ({:?}, {e:?}); \
+                         it uses the built-in kernel",
+                        d.m, d.n, d.k, d.dtype
+                    );
+                    None
                 }
-                Err(e) => return not_supported_or(e, d),
-            }
+            };
+            self.plans.insert(key, plan);
         }
-        let plan = &self.plans[&key];
+        let plan = self.plans[&key].as_ref()?;
         if let Some(bias) = d.bias {
             use ltsys::cublasLtMatmulDescAttributes_t as A;
             // SAFETY: `desc` is live; the attribute takes a device pointer. GEMMs are
@@ -296,7 +320,7 @@ impl Blas {
     fn clear(&mut self, stream: sys::CUstream) {
         // SAFETY: waits for the GEMMs that may still use the plans.
         let _ = unsafe { drv::stream::synchronize(stream) };
-        for (_, p) in self.plans.drain() {
+        for p in self.plans.drain().filter_map(|(_, p)| p) {
             // SAFETY: the stream is idle and the plan leaves the cache here.
             unsafe { p.destroy() };
         }
@@ -305,7 +329,7 @@ impl Blas {
     /// # Safety
     /// With the context bound and the stream idle; `self` is not used afterwards.
     pub(super) unsafe fn destroy(&mut self) {
-        for (_, p) in self.plans.drain() {
+        for p in self.plans.drain().filter_map(|(_, p)| p) {
             // SAFETY: the caller's contract (stream idle); each plan leaves the cache once.
             unsafe { p.destroy() };
         }
