@@ -394,6 +394,14 @@ fn attention_all<D: KernelDevice>(c: &Case<D>) {
         (2, 7, 6, 2, 24, 5, &[7, 4]),
         (1, 40, 3, 3, 40, 5, &[37]),
         (3, 20, 4, 1, 16, 0, &[20, 0, 9]),
+        // head_dim a multiple of 16: bf16 runs the tensor-core kernel (attention_mma.cu):
+        // several query blocks and key tiles, a prefix crossing a tile edge, GQA, padding,
+        // a sequence that sees only the prefix and one that sees no key at all.
+        (2, 150, 4, 2, 64, 70, &[150, 97]),
+        (1, 70, 2, 2, 128, 0, &[70]),
+        (3, 33, 2, 1, 80, 3, &[33, 1, 0]),
+        (2, 9, 2, 2, 32, 0, &[0, 9]),
+        (1, 17, 3, 1, 96, 64, &[17]),
     ];
     for &(batch, seq, heads, kv_heads, head_dim, prefix, lens) in cases {
         let s = AttnShape {

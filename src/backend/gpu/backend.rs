@@ -71,12 +71,17 @@ kernel_args!(
 /// Rows per chunk of the two-stage column sums (bias, norm weight and Adafactor column
 /// gradients): enough chunks to fill a GPU, few enough that the finish pass is cheap.
 pub(crate) const ROWS_PER_CHUNK: usize = 64;
+/// Head dims kernels/attention_mma.cu is built for (attn_fwd_mma_d{D}_bf16).
+const ATTN_MMA_HEAD_DIMS: [usize; 6] = [16, 32, 64, 80, 96, 128];
 /// Threads per block of the 1-D kernels.
 pub(crate) const THREADS: u32 = 256;
 
 pub struct GpuBackend<D: KernelDevice> {
     pub(crate) inner: Arc<Inner<D>>,
     pub(crate) precision: Precision,
+    /// Use the tensor-core kernels where one covers the op (bf16 attention forward); off,
+    /// the CUDA-core kernels run everywhere (the reference the benchmarks compare against).
+    pub(crate) tensor_cores: bool,
 }
 
 /// A second handle on the same device, allocator and error state (the model owns one).
@@ -85,6 +90,7 @@ impl<D: KernelDevice> Clone for GpuBackend<D> {
         GpuBackend {
             inner: self.inner.clone(),
             precision: self.precision,
+            tensor_cores: self.tensor_cores,
         }
     }
 }
@@ -94,7 +100,14 @@ impl<D: KernelDevice> GpuBackend<D> {
         GpuBackend {
             inner: Arc::new(Inner::new(dev)),
             precision,
+            tensor_cores: true,
         }
+    }
+
+    /// This handle with the tensor-core kernels on or off (same device and memory).
+    pub fn with_tensor_cores(mut self, on: bool) -> Self {
+        self.tensor_cores = on;
+        self
     }
 
     pub fn device(&self) -> &D {
@@ -789,6 +802,20 @@ impl<D: KernelDevice> Backend for GpuBackend<D> {
             _pad: 0,
         };
         let hd = s.head_dim;
+        // The tensor-core kernel copies 16-byte rows (cp.async): it needs bf16, a head_dim
+        // it was built for and 16-byte aligned q/k/v rows.
+        let aligned = args.qkv % 16 == 0 && args.prefix % 16 == 0 && args.out % 4 == 0;
+        if self.tensor_cores
+            && self.precision == Precision::Bf16
+            && ATTN_MMA_HEAD_DIMS.contains(&hd)
+            && aligned
+        {
+            let smem = 5 * 64 * (hd + 8) * 2;
+            let grid = [s.seq.div_ceil(64) as u32, s.heads as u32, s.batch as u32];
+            let name = format!("attn_fwd_mma_d{hd}_bf16");
+            self.launch(&name, grid, 128, smem as u32, &args);
+            return;
+        }
         let smem = 4 * (16 * hd + 32 * (hd + 1) + 32 * hd + 4 * 4 * 32);
         let grid = [s.seq.div_ceil(16) as u32, s.heads as u32, s.batch as u32];
         self.launch(&self.kname("attn_fwd"), grid, 128, smem as u32, &args);

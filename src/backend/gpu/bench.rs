@@ -107,17 +107,25 @@ pub fn run<D: KernelDevice>(
     let hardware = dev.is_hardware();
     let be = GpuBackend::new(dev, Precision::Bf16);
     let mut rows = Vec::new();
-    let (secs, tflops) = attention_tflops(&be, 4096, 16, 128, iters)?;
-    rows.push(GpuBenchRow {
-        preset: "attention 4k x 16 heads x 128".into(),
-        workload: "attention-forward".into(),
-        tokens: 4096,
-        median_s: secs,
-        tokens_per_s: 4096.0 / secs,
-        executed_tflops: tflops,
-        nominal_tflops: tflops,
-        mfu: tflops / PEAK_TFLOPS,
-    });
+    // Attention alone, on tensor cores and (the reference in the same run) on CUDA cores.
+    // Short kernels: more repetitions than the model workloads.
+    for (workload, tensor_cores) in [
+        ("attention-forward", true),
+        ("attention-forward-cuda-cores", false),
+    ] {
+        let attn_be = be.clone().with_tensor_cores(tensor_cores);
+        let (secs, tflops) = attention_tflops(&attn_be, 4096, 16, 128, iters.max(10))?;
+        rows.push(GpuBenchRow {
+            preset: "attention 4k x 16 heads x 128".into(),
+            workload: workload.into(),
+            tokens: 4096,
+            median_s: secs,
+            tokens_per_s: 4096.0 / secs,
+            executed_tflops: tflops,
+            nominal_tflops: tflops,
+            mfu: tflops / PEAK_TFLOPS,
+        });
+    }
     let opts = gcg_options(iters);
     for &name in presets_to_run {
         let cfg = presets::config(name, Some(2))?;
