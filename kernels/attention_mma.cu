@@ -21,19 +21,6 @@
 
 extern __shared__ __align__(16) unsigned char attn_mma_smem[];
 
-// Copies `rows` x D bf16 (rows of the tile whose index `valid(r)` says exists, zeros
-// otherwise) into a padded shared tile, 16 bytes per cp.async.
-template <int D, typename RowPtr>
-__device__ __forceinline__ void load_tile(bf16* dst, RowPtr row_ptr, const bf16* fallback) {
-    constexpr int CHUNKS = D / 8;  // 16-byte chunks per row
-    constexpr int LD = D + 8;
-    for (int c = threadIdx.x; c < MMA_BKV * CHUNKS; c += MMA_THREADS) {
-        const int r = c / CHUNKS, k = (c % CHUNKS) * 8;
-        const bf16* src = row_ptr(r);
-        cp_async16(dst + r * LD + k, src ? src + k : fallback, src != nullptr);
-    }
-}
-
 template <int D>
 __device__ void attn_fwd_mma_impl(const AttnFwdArgs a) {
     constexpr int LD = D + 8;
@@ -72,11 +59,11 @@ __device__ void attn_fwd_mma_impl(const AttnFwdArgs a) {
     };
     auto load_kv = [&](unsigned int tile) {
         const unsigned int k0 = tile * MMA_BKV, buf = tile & 1;
-        load_tile<D>(Ks + buf * MMA_BKV * LD, [&](int r) { return kv_row(k0 + r, koff); }, qkv);
-        load_tile<D>(Vs + buf * MMA_BKV * LD, [&](int r) { return kv_row(k0 + r, voff); }, qkv);
+        load_rows_async<MMA_BKV, D, MMA_THREADS>(Ks + buf * MMA_BKV * LD, [&](int r) { return kv_row(k0 + r, koff); }, qkv);
+        load_rows_async<MMA_BKV, D, MMA_THREADS>(Vs + buf * MMA_BKV * LD, [&](int r) { return kv_row(k0 + r, voff); }, qkv);
     };
 
-    load_tile<D>(Qs, [&](int r) -> const bf16* {
+    load_rows_async<MMA_BQ, D, MMA_THREADS>(Qs, [&](int r) -> const bf16* {
         const unsigned int t = t0 + r;
         return t < a.seq ? qkv + (seq_row0 + t) * width + (unsigned long long)h * D : nullptr;
     }, qkv);
@@ -87,13 +74,9 @@ __device__ void attn_fwd_mma_impl(const AttnFwdArgs a) {
     float m[2] = {-INFINITY, -INFINITY};                 // running max of rows g, g + 8 (base 2)
     float l[2] = {0.0f, 0.0f};                           // this lane's part of the row sums
     float o[DT][4];
-#pragma unroll
-    for (int i = 0; i < DT; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
+    zero_acc(o);
     u32 qf[KC][4];
     const unsigned int r_lo = t0 + warp * 16 + g, r_hi = r_lo + 8;  // this lane's query rows
-
-    // ldmatrix row addresses: lane l reads row l % 8 of matrix l / 8.
-    const unsigned int lrow = lane & 7, lmat = lane >> 3;
 
     for (unsigned int tile = 0; tile < n_tiles || tile == 0; tile++) {
         if (tile + 1 < n_tiles) load_kv(tile + 1);
@@ -102,7 +85,7 @@ __device__ void attn_fwd_mma_impl(const AttnFwdArgs a) {
         __syncthreads();
         if (tile == 0) {
             // A fragments of this warp's 16 query rows: matrices (rows 0-7 | 8-15) x (k 0-7 | 8-15).
-            const bf16* qrow = Qs + (warp * 16 + lrow + (lmat & 1) * 8) * LD + (lmat >> 1) * 8;
+            const bf16* qrow = a_frag_row(Qs + warp * 16 * LD, LD);
 #pragma unroll
             for (int kc = 0; kc < KC; kc++) ldmatrix_x4(qf[kc], qrow + kc * 16);
             if (n_tiles == 0) break;
@@ -111,21 +94,11 @@ __device__ void attn_fwd_mma_impl(const AttnFwdArgs a) {
         const bf16* Kt = Ks + (tile & 1) * MMA_BKV * LD;
         const bf16* Vt = Vs + (tile & 1) * MMA_BKV * LD;
 
-        // S = Q K^T: 8 n-tiles of 8 keys. One ldmatrix.x4 gives the B fragments of two
-        // n-tiles: matrices (keys 0-7 | 8-15 of the pair) x (dims 0-7 | 8-15 of the chunk).
+        // S = Q K^T: 8 n-tiles of 8 keys.
         float s[8][4];
+        zero_acc(s);
 #pragma unroll
-        for (int i = 0; i < 8; i++) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.0f;
-#pragma unroll
-        for (int kc = 0; kc < KC; kc++) {
-#pragma unroll
-            for (int np = 0; np < 4; np++) {
-                u32 kf[4];
-                ldmatrix_x4(kf, Kt + (np * 16 + lrow + (lmat >> 1) * 8) * LD + kc * 16 + (lmat & 1) * 8);
-                mma_bf16_16816(s[2 * np], qf[kc], kf[0], kf[1]);
-                mma_bf16_16816(s[2 * np + 1], qf[kc], kf[2], kf[3]);
-            }
-        }
+        for (int kc = 0; kc < KC; kc++) mma_abt_chunk(s, qf[kc], Kt, LD, kc * 16);
 
         // Scale, mask, online softmax. Lane holds keys k0 + 8 n + 2 tq + {0, 1} of rows r_lo, r_hi.
         const bool masked = k0 + MMA_BKV > all_see;
@@ -174,25 +147,10 @@ __device__ void attn_fwd_mma_impl(const AttnFwdArgs a) {
             }
         }
 
-        // O += P V: P's A fragment for keys 16 kc .. 16 kc + 15 is n-tiles 2 kc, 2 kc + 1 of S.
-        // One ldmatrix.x4.trans gives the B fragments of two 8-dim n-tiles: matrices
-        // (keys 0-7 | 8-15) x (dims 0-7 | 8-15 of the pair).
-#pragma unroll
-        for (int kc = 0; kc < 4; kc++) {
-            const u32 pa[4] = {pack_bf16x2(s[2 * kc][0], s[2 * kc][1]),
-                               pack_bf16x2(s[2 * kc][2], s[2 * kc][3]),
-                               pack_bf16x2(s[2 * kc + 1][0], s[2 * kc + 1][1]),
-                               pack_bf16x2(s[2 * kc + 1][2], s[2 * kc + 1][3])};
-#pragma unroll
-            for (int dp = 0; dp < DT / 2; dp++) {
-                u32 vf[4];
-                ldmatrix_x4_trans(vf, Vt + (kc * 16 + lrow + (lmat & 1) * 8) * LD + dp * 16 + (lmat >> 1) * 8);
-                mma_bf16_16816(o[2 * dp], pa, vf[0], vf[1]);
-                mma_bf16_16816(o[2 * dp + 1], pa, vf[2], vf[3]);
-            }
-        }
+        mma_pv(o, s, Vt, LD);  // O += P V
         __syncthreads();  // this buffer is refilled by the load two tiles on
     }
+    cp_async_wait<0>();
 
     // Row sums across the four lanes of a row, then out = O / l and lse = ln(sum exp).
     bf16* out = ptr<bf16>(a.out);

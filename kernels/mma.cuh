@@ -143,3 +143,75 @@ template <int N>
 __device__ __forceinline__ void cp_async_wait() {}
 
 #endif
+
+// Copies ROWS x D bf16 rows into a shared tile with row stride D + 8 (16 bytes of padding so
+// ldmatrix's eight row reads hit distinct banks), 16 bytes per cp.async, THREADS threads.
+// `row_ptr(r)` is row r's global address, or nullptr for a row that does not exist (zeros);
+// `fallback` is any mapped address (cp.async wants one even when it reads nothing).
+template <int ROWS, int D, int THREADS, typename RowPtr>
+__device__ __forceinline__ void load_rows_async(bf16* dst, RowPtr row_ptr, const bf16* fallback) {
+    constexpr int CHUNKS = D / 8;
+    for (int c = threadIdx.x; c < ROWS * CHUNKS; c += THREADS) {
+        const int r = c / CHUNKS, k = (c % CHUNKS) * 8;
+        const bf16* src = row_ptr(r);
+        cp_async16(dst + r * (D + 8) + k, src ? src + k : fallback, src != nullptr);
+    }
+}
+
+
+// ---- warp-level tile products (16 rows per warp) ---------------------------------------------
+// Shared tiles are row-major bf16 with row stride `ld` elements. ldmatrix.x4 row addresses:
+// lane l reads row l % 8 of matrix l / 8.
+
+// Address lane l passes to ldmatrix_x4 for the A fragment of a 16 x 16 block at `a` (rows
+// 0-7 | 8-15) x (columns 0-7 | 8-15).
+__device__ __forceinline__ const bf16* a_frag_row(const bf16* a, int ld) {
+    const int lane = threadIdx.x & 31;
+    return a + ((lane & 7) + ((lane >> 3) & 1) * 8) * ld + (lane >> 4) * 8;
+}
+
+// acc[NT] += A (16 x 16, fragment a) x B^T for the 16 columns kcol.. of B, B's first 8 NT rows
+// (so acc is 16 x 8 NT). One ldmatrix.x4 gives the B fragments of two n-tiles.
+template <int NT>
+__device__ __forceinline__ void mma_abt_chunk(float (&acc)[NT][4], const u32 (&a)[4], const bf16* b,
+                                              int ld, int kcol) {
+    const int lane = threadIdx.x & 31;
+    const bf16* row = b + ((lane & 7) + (lane >> 4) * 8) * ld + kcol + ((lane >> 3) & 1) * 8;
+#pragma unroll
+    for (int np = 0; np < NT / 2; np++) {
+        u32 f[4];
+        ldmatrix_x4(f, row + np * 16 * ld);
+        mma_bf16_16816(acc[2 * np], a, f[0], f[1]);
+        mma_bf16_16816(acc[2 * np + 1], a, f[2], f[3]);
+    }
+}
+
+// o[DT] += P x V: P is 16 x 8 NT in accumulator layout (f32, rounded to bf16 here: the
+// accumulator of n-tiles 2 kc, 2 kc + 1 is exactly the A fragment of keys 16 kc..), V's
+// first 8 NT rows x 8 DT columns read transposed by ldmatrix.
+template <int NT, int DT>
+__device__ __forceinline__ void mma_pv(float (&o)[DT][4], const float (&p)[NT][4], const bf16* v,
+                                       int ld) {
+    const int lane = threadIdx.x & 31;
+    const bf16* row = v + ((lane & 7) + ((lane >> 3) & 1) * 8) * ld + (lane >> 4) * 8;
+#pragma unroll
+    for (int kc = 0; kc < NT / 2; kc++) {
+        const u32 pa[4] = {pack_bf16x2(p[2 * kc][0], p[2 * kc][1]),
+                           pack_bf16x2(p[2 * kc][2], p[2 * kc][3]),
+                           pack_bf16x2(p[2 * kc + 1][0], p[2 * kc + 1][1]),
+                           pack_bf16x2(p[2 * kc + 1][2], p[2 * kc + 1][3])};
+#pragma unroll
+        for (int dp = 0; dp < DT / 2; dp++) {
+            u32 f[4];
+            ldmatrix_x4_trans(f, row + kc * 16 * ld + dp * 16);
+            mma_bf16_16816(o[2 * dp], pa, f[0], f[1]);
+            mma_bf16_16816(o[2 * dp + 1], pa, f[2], f[3]);
+        }
+    }
+}
+
+template <int N>
+__device__ __forceinline__ void zero_acc(float (&acc)[N][4]) {
+#pragma unroll
+    for (int i = 0; i < N; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.0f;
+}

@@ -402,6 +402,9 @@ fn attention_all<D: KernelDevice>(c: &Case<D>) {
         (3, 33, 2, 1, 80, 3, &[33, 1, 0]),
         (2, 9, 2, 2, 32, 0, &[0, 9]),
         (1, 17, 3, 1, 96, 64, &[17]),
+        // ... and its backward: GQA, padding, two key blocks, 32-query steps above 64 dims.
+        (2, 130, 4, 2, 64, 0, &[130, 77]),
+        (1, 40, 6, 2, 80, 0, &[33]),
     ];
     for &(batch, seq, heads, kv_heads, head_dim, prefix, lens) in cases {
         let s = AttnShape {

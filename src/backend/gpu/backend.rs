@@ -71,7 +71,7 @@ kernel_args!(
 /// Rows per chunk of the two-stage column sums (bias, norm weight and Adafactor column
 /// gradients): enough chunks to fill a GPU, few enough that the finish pass is cheap.
 pub(crate) const ROWS_PER_CHUNK: usize = 64;
-/// Head dims kernels/attention_mma.cu is built for (attn_fwd_mma_d{D}_bf16).
+/// Head dims the tensor-core attention kernels are built for (kernels/attention_mma*.cu).
 const ATTN_MMA_HEAD_DIMS: [usize; 6] = [16, 32, 64, 80, 96, 128];
 /// Threads per block of the 1-D kernels.
 pub(crate) const THREADS: u32 = 256;
@@ -108,6 +108,16 @@ impl<D: KernelDevice> GpuBackend<D> {
     pub fn with_tensor_cores(mut self, on: bool) -> Self {
         self.tensor_cores = on;
         self
+    }
+
+    /// Whether attention (forward or backward) runs on the tensor-core kernels: bf16, a
+    /// head_dim they are built for, and 16-byte aligned tensors (they copy rows with
+    /// 16-byte cp.async; a zero address is an absent tensor).
+    fn use_attention_mma(&self, head_dim: usize, tensors: &[u64]) -> bool {
+        self.tensor_cores
+            && self.precision == Precision::Bf16
+            && ATTN_MMA_HEAD_DIMS.contains(&head_dim)
+            && tensors.iter().all(|a| a.is_multiple_of(16))
     }
 
     pub fn device(&self) -> &D {
@@ -802,14 +812,7 @@ impl<D: KernelDevice> Backend for GpuBackend<D> {
             _pad: 0,
         };
         let hd = s.head_dim;
-        // The tensor-core kernel copies 16-byte rows (cp.async): it needs bf16, a head_dim
-        // it was built for and 16-byte aligned q/k/v rows.
-        let aligned = args.qkv % 16 == 0 && args.prefix % 16 == 0 && args.out % 4 == 0;
-        if self.tensor_cores
-            && self.precision == Precision::Bf16
-            && ATTN_MMA_HEAD_DIMS.contains(&hd)
-            && aligned
-        {
+        if self.use_attention_mma(hd, &[args.qkv, args.prefix, args.out]) {
             let smem = 5 * 64 * (hd + 8) * 2;
             let grid = [s.seq.div_ceil(64) as u32, s.heads as u32, s.batch as u32];
             let name = format!("attn_fwd_mma_d{hd}_bf16");
@@ -864,6 +867,21 @@ impl<D: KernelDevice> Backend for GpuBackend<D> {
         };
         let per_head = [(rows * s.heads).div_ceil(4) as u32, 1, 1];
         self.launch(&self.kname("attn_bwd_delta"), per_head, 128, 0, &args);
+        let hd = s.head_dim;
+        if self.use_attention_mma(hd, &[args.qkv, args.dout, args.dqkv]) {
+            // kernels/attention_mma_bwd.cu; shared memory as its launch comments say.
+            let row_bytes = (hd + 8) * 2;
+            let query_tile = if hd <= 64 { 64 } else { 32 };
+            let blocks = s.seq.div_ceil(64) as u32;
+            let (b, h, kv) = (s.batch as u32, s.heads as u32, s.kv_heads as u32);
+            let dq_smem = 6 * 64 * row_bytes;
+            let dkv_smem = (2 * 64 + 4 * query_tile) * row_bytes;
+            let dq = format!("attn_bwd_dq_mma_d{hd}_bf16");
+            self.launch(&dq, [blocks, h, b], 128, dq_smem as u32, &args);
+            let dkv = format!("attn_bwd_dkv_mma_d{hd}_bf16");
+            self.launch(&dkv, [blocks, kv, b], 128, dkv_smem as u32, &args);
+            return;
+        }
         self.launch(&self.kname("attn_bwd_dq"), per_head, 128, 0, &args);
         let per_kv = [(rows * s.kv_heads).div_ceil(4) as u32, 1, 1];
         self.launch(&self.kname("attn_bwd_dkv"), per_kv, 128, 0, &args);
