@@ -182,7 +182,8 @@ pub fn build() {
     table += "];\n";
     // Which module holds each kernel, so the device looks a kernel up in its own module
     // instead of asking every module in turn (the misses are driver errors that
-    // compute-sanitizer reports).
+    // compute-sanitizer reports). The scan reads the source as written: a kernel a macro
+    // defines is not listed, and the device then searches every module for it.
     let mut kernel_names: Vec<(String, usize)> = Vec::new();
     for (module, src) in sources.iter().enumerate() {
         let text = std::fs::read_to_string(src)

@@ -108,13 +108,21 @@ impl CudaDevice {
         }
         let cname =
             CString::new(name).map_err(|_| Error::Other(format!("kernel name {name:?}")))?;
-        let module = embedded::KERNELS
-            .binary_search_by(|(k, _)| (*k).cmp(name))
-            .map(|i| h.modules[embedded::KERNELS[i].1])
-            .map_err(|_| Error::Other(format!("no kernel named `{name}` in kernels/*.cu")))?;
-        // SAFETY: `module` was loaded in `new` and is not unloaded before drop.
-        let f = unsafe { drv::module::get_function(module, cname) }
-            .map_err(|e| drv_err(&format!("kernel `{name}`"), e))?;
+        // The build's name table says which module holds the kernel; one it missed (say, a
+        // kernel a macro defines) is looked for in every module.
+        let f = match embedded::KERNELS.binary_search_by(|(k, _)| (*k).cmp(name)) {
+            // SAFETY: the module was loaded in `new` and is not unloaded before drop.
+            Ok(i) => unsafe { drv::module::get_function(h.modules[embedded::KERNELS[i].1], cname) }
+                .map_err(|e| drv_err(&format!("kernel `{name}`"), e))?,
+            Err(_) => h
+                .modules
+                .iter()
+                .find_map(|&m| {
+                    // SAFETY: as above.
+                    unsafe { drv::module::get_function(m, cname.clone()) }.ok()
+                })
+                .ok_or_else(|| Error::Other(format!("no kernel named `{name}` in kernels/*.cu")))?,
+        };
         if smem > 48 * 1024 {
             self.allow_smem(f, name)?;
         }
