@@ -78,6 +78,7 @@ fn bench(c: &mut Criterion) {
         tok: None,
         vocab: &vocab,
         fast: FastPaths::default(),
+        rows_cap: Default::default(),
     };
     let gcg = Gcg::new(GcgConfig::default());
     for n in [1usize, 8] {
@@ -123,6 +124,7 @@ fn bench(c: &mut Criterion) {
         tok: Some(&tok),
         vocab: &vocab,
         fast: FastPaths::default(),
+        rows_cap: Default::default(),
     };
     report("bundled classifier", &v, &mut subjects, 3);
     let mut it = 100;

@@ -41,6 +41,7 @@ fn main() -> anyhow::Result<()> {
         tok: Some(&tok),
         vocab: &vocab,
         fast: FastPaths::default(),
+        rows_cap: Default::default(),
     };
     let gcg = Gcg::new(GcgConfig::default());
     println!(

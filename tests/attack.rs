@@ -114,6 +114,7 @@ fn check_fast_scorer(name: &str, spec: GoalSpec, threat: &str) {
                     group_reuse,
                     shortcut,
                 },
+                rows_cap: Default::default(),
             };
             let got = score(&v, s, cands, Some(&cur), LossKind::CrossEntropy).unwrap();
             let what = format!("{name} {threat} example {} {:?}", s.index, v.fast);
@@ -139,6 +140,7 @@ fn check_fast_scorer(name: &str, spec: GoalSpec, threat: &str) {
         tok: Some(&tok),
         vocab: &vocab,
         fast: FastPaths::default(),
+        rows_cap: Default::default(),
     };
     let jobs: Vec<Job<'_, Cpu>> = all
         .iter()

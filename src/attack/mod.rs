@@ -29,7 +29,7 @@ pub mod vocab;
 pub use gcg::{Gcg, GcgConfig};
 pub use goal::{Goal, LossKind};
 pub use random_token::{RandomToken, RandomTokenConfig};
-pub use subject::{FastPaths, GoalSpec, Subject, Victim};
+pub use subject::{FastPaths, GoalSpec, RowsCap, Subject, Victim};
 pub use vocab::Vocab;
 
 use crate::backend::Backend;

@@ -109,7 +109,7 @@ pub fn score_many<B: Backend>(
     }
     let (model, width) = (v.model, v.width());
     let cfg = &model.cfg;
-    let max_rows = max_rows(cfg);
+    let max_rows = max_rows(cfg).min(v.rows_cap.get().unwrap_or(usize::MAX));
     let mut plans = Vec::with_capacity(jobs.len());
     // Pieces: (job, group start p, candidates) of at most max_rows rows each.
     let mut pieces: Vec<Piece> = Vec::new();
@@ -169,12 +169,14 @@ pub fn score_many<B: Backend>(
     let plan = |ji: usize| calls.plan(ji);
     let mut at = 0;
     while at < pieces.len() {
+        // An out-of-memory split in an earlier call lowers the cap for the calls after it.
+        let limit = max_rows.min(v.rows_cap.get().unwrap_or(usize::MAX));
         let mut end = at;
         let mut rows_in = 0;
         while end < pieces.len() {
             let (ji, p, c) = &pieces[end];
             let r = c.len() * (plan(*ji).full_len - plan(*ji).l0 - p);
-            if end > at && rows_in + r > max_rows {
+            if end > at && rows_in + r > limit {
                 break;
             }
             rows_in += r;
@@ -226,6 +228,16 @@ impl<B: Backend> Calls<'_, '_, B> {
                 let Some((a, b)) = halve(call) else {
                     return Err(e);
                 };
+                // Later calls (this step's and the next steps') pack at most half of what
+                // did not fit.
+                let rows: usize = call
+                    .iter()
+                    .map(|(ji, p, c)| {
+                        let pl = self.plan(*ji);
+                        c.len() * (pl.full_len - pl.l0 - p)
+                    })
+                    .sum();
+                self.v.rows_cap.lower(rows / 2);
                 self.run_or_split(&a, out)?;
                 self.run_or_split(&b, out)
             }

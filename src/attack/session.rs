@@ -195,6 +195,7 @@ pub fn run_plan_on<B: Backend>(
         tok: Some(&tok),
         vocab: &vocab,
         fast: plan.fast,
+        rows_cap: Default::default(),
     };
     let config = serde_json::to_value(plan).map_err(|e| Error::Other(e.to_string()))?;
     prepare_dir(out, &config, overwrite)?;

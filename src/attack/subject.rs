@@ -39,6 +39,32 @@ pub struct Victim<'a, B: Backend> {
     pub tok: Option<&'a Tokenizer>,
     pub vocab: &'a Vocab,
     pub fast: FastPaths,
+    /// Rows one candidate-scoring call may pack: unlimited at first, lowered each time the
+    /// device runs out of memory, so later calls start at a size that fitted.
+    pub rows_cap: RowsCap,
+}
+
+/// See [`Victim::rows_cap`]. Atomic because a victim is shared by scoring threads.
+#[derive(Debug, Default)]
+pub struct RowsCap(std::sync::atomic::AtomicUsize);
+
+impl RowsCap {
+    /// The cap, if one was set.
+    pub fn get(&self) -> Option<usize> {
+        match self.0.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            c => Some(c),
+        }
+    }
+    /// Lowers the cap to `rows` (never raises it; at least 1).
+    pub fn lower(&self, rows: usize) {
+        let rows = rows.max(1);
+        let _ = self.0.fetch_update(
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+            |c| Some(if c == 0 { rows } else { c.min(rows) }),
+        );
+    }
 }
 
 impl<B: Backend> Victim<'_, B> {
