@@ -170,44 +170,71 @@ __device__ __forceinline__ const bf16* a_frag_row(const bf16* a, int ld) {
     return a + ((lane & 7) + ((lane >> 3) & 1) * 8) * ld + (lane >> 4) * 8;
 }
 
-// acc[NT] += A (16 x 16, fragment a) x B^T for the 16 columns kcol.. of B, B's first 8 NT rows
-// (so acc is 16 x 8 NT). One ldmatrix.x4 gives the B fragments of two n-tiles.
-template <int NT>
-__device__ __forceinline__ void mma_abt_chunk(float (&acc)[NT][4], const u32 (&a)[4], const bf16* b,
-                                              int ld, int kcol) {
+// acc[m] += A_m (16 x 16, fragment a[m]) x B^T for the 16 columns kcol.. of B, B's first
+// 8 NT rows (each acc[m] is 16 x 8 NT), for MT row tiles at once: each B fragment is read
+// from shared memory once and used MT times. One ldmatrix.x4 gives the B fragments of two
+// n-tiles.
+template <int MT, int NT>
+__device__ __forceinline__ void mma_abt_chunk_m(float (&acc)[MT][NT][4], const u32 (&a)[MT][4],
+                                                const bf16* b, int ld, int kcol) {
     const int lane = threadIdx.x & 31;
     const bf16* row = b + ((lane & 7) + (lane >> 4) * 8) * ld + kcol + ((lane >> 3) & 1) * 8;
 #pragma unroll
     for (int np = 0; np < NT / 2; np++) {
         u32 f[4];
         ldmatrix_x4(f, row + np * 16 * ld);
-        mma_bf16_16816(acc[2 * np], a, f[0], f[1]);
-        mma_bf16_16816(acc[2 * np + 1], a, f[2], f[3]);
+#pragma unroll
+        for (int m = 0; m < MT; m++) {
+            mma_bf16_16816(acc[m][2 * np], a[m], f[0], f[1]);
+            mma_bf16_16816(acc[m][2 * np + 1], a[m], f[2], f[3]);
+        }
     }
 }
+// The one-row-tile case.
+template <int NT>
+__device__ __forceinline__ void mma_abt_chunk(float (&acc)[NT][4], const u32 (&a)[4], const bf16* b,
+                                              int ld, int kcol) {
+    mma_abt_chunk_m<1, NT>(*reinterpret_cast<float(*)[1][NT][4]>(&acc),
+                           *reinterpret_cast<const u32(*)[1][4]>(&a), b, ld, kcol);
+}
 
-// o[DT] += P x V: P is 16 x 8 NT in accumulator layout (f32, rounded to bf16 here: the
-// accumulator of n-tiles 2 kc, 2 kc + 1 is exactly the A fragment of keys 16 kc..), V's
-// first 8 NT rows x 8 DT columns read transposed by ldmatrix.
-template <int NT, int DT>
-__device__ __forceinline__ void mma_pv(float (&o)[DT][4], const float (&p)[NT][4], const bf16* v,
-                                       int ld) {
+// o[m] += P_m x V for MT row tiles: each P_m is 16 x 8 NT in accumulator layout (f32,
+// rounded to bf16 here: the accumulator of n-tiles 2 kc, 2 kc + 1 is exactly the A fragment
+// of keys 16 kc..), V's first 8 NT rows x 8 DT columns read transposed by ldmatrix, once
+// for all MT tiles.
+template <int MT, int NT, int DT>
+__device__ __forceinline__ void mma_pv_m(float (&o)[MT][DT][4], const float (&p)[MT][NT][4],
+                                         const bf16* v, int ld) {
     const int lane = threadIdx.x & 31;
     const bf16* row = v + ((lane & 7) + ((lane >> 3) & 1) * 8) * ld + (lane >> 4) * 8;
 #pragma unroll
     for (int kc = 0; kc < NT / 2; kc++) {
-        const u32 pa[4] = {pack_bf16x2(p[2 * kc][0], p[2 * kc][1]),
-                           pack_bf16x2(p[2 * kc][2], p[2 * kc][3]),
-                           pack_bf16x2(p[2 * kc + 1][0], p[2 * kc + 1][1]),
-                           pack_bf16x2(p[2 * kc + 1][2], p[2 * kc + 1][3])};
+        u32 pa[MT][4];
+#pragma unroll
+        for (int m = 0; m < MT; m++) {
+            pa[m][0] = pack_bf16x2(p[m][2 * kc][0], p[m][2 * kc][1]);
+            pa[m][1] = pack_bf16x2(p[m][2 * kc][2], p[m][2 * kc][3]);
+            pa[m][2] = pack_bf16x2(p[m][2 * kc + 1][0], p[m][2 * kc + 1][1]);
+            pa[m][3] = pack_bf16x2(p[m][2 * kc + 1][2], p[m][2 * kc + 1][3]);
+        }
 #pragma unroll
         for (int dp = 0; dp < DT / 2; dp++) {
             u32 f[4];
             ldmatrix_x4_trans(f, row + kc * 16 * ld + dp * 16);
-            mma_bf16_16816(o[2 * dp], pa, f[0], f[1]);
-            mma_bf16_16816(o[2 * dp + 1], pa, f[2], f[3]);
+#pragma unroll
+            for (int m = 0; m < MT; m++) {
+                mma_bf16_16816(o[m][2 * dp], pa[m], f[0], f[1]);
+                mma_bf16_16816(o[m][2 * dp + 1], pa[m], f[2], f[3]);
+            }
         }
     }
+}
+// The one-row-tile case.
+template <int NT, int DT>
+__device__ __forceinline__ void mma_pv(float (&o)[DT][4], const float (&p)[NT][4], const bf16* v,
+                                       int ld) {
+    mma_pv_m<1, NT, DT>(*reinterpret_cast<float(*)[1][DT][4]>(&o),
+                        *reinterpret_cast<const float(*)[1][NT][4]>(&p), v, ld);
 }
 
 template <int N>

@@ -73,15 +73,67 @@ kernel_args!(
 pub(crate) const ROWS_PER_CHUNK: usize = 64;
 /// Head dims the tensor-core attention kernels are built for (kernels/attention_mma*.cu).
 const ATTN_MMA_HEAD_DIMS: [usize; 6] = [16, 32, 64, 80, 96, 128];
+/// Tensor-core attention forward tiles: 16-query row tiles per warp and keys per tile.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct AttnTiles {
+    pub row_tiles: usize,
+    pub keys: usize,
+}
+/// The forward tiles used unless a handle picks others.
+pub const ATTN_FWD_DEFAULT_TILES: AttnTiles = AttnTiles {
+    row_tiles: 1,
+    keys: 64,
+};
+/// Forward tiles built besides the default, per head_dim (kernels/attention_mma.cu).
+pub const ATTN_FWD_EXTRA_TILES: &[(usize, AttnTiles)] = &[
+    (
+        64,
+        AttnTiles {
+            row_tiles: 1,
+            keys: 32,
+        },
+    ),
+    (
+        64,
+        AttnTiles {
+            row_tiles: 2,
+            keys: 64,
+        },
+    ),
+    (
+        64,
+        AttnTiles {
+            row_tiles: 2,
+            keys: 32,
+        },
+    ),
+    (
+        128,
+        AttnTiles {
+            row_tiles: 1,
+            keys: 32,
+        },
+    ),
+    (
+        128,
+        AttnTiles {
+            row_tiles: 2,
+            keys: 32,
+        },
+    ),
+];
 /// Threads per block of the 1-D kernels.
 pub(crate) const THREADS: u32 = 256;
 
 pub struct GpuBackend<D: KernelDevice> {
     pub(crate) inner: Arc<Inner<D>>,
     pub(crate) precision: Precision,
-    /// Use the tensor-core kernels where one covers the op (bf16 attention forward); off,
-    /// the CUDA-core kernels run everywhere (the reference the benchmarks compare against).
+    /// Use the tensor-core kernels where one covers the op (bf16 attention forward and
+    /// backward); off, the CUDA-core kernels run everywhere (the reference the benchmarks
+    /// compare against).
     pub(crate) tensor_cores: bool,
+    /// Tensor-core attention forward tiles, where built for the head_dim (else the default).
+    pub(crate) attn_tiles: AttnTiles,
 }
 
 /// A second handle on the same device, allocator and error state (the model owns one).
@@ -91,6 +143,7 @@ impl<D: KernelDevice> Clone for GpuBackend<D> {
             inner: self.inner.clone(),
             precision: self.precision,
             tensor_cores: self.tensor_cores,
+            attn_tiles: self.attn_tiles,
         }
     }
 }
@@ -101,7 +154,15 @@ impl<D: KernelDevice> GpuBackend<D> {
             inner: Arc::new(Inner::new(dev)),
             precision,
             tensor_cores: true,
+            attn_tiles: ATTN_FWD_DEFAULT_TILES,
         }
+    }
+
+    /// This handle with other tensor-core attention forward tiles (for head dims they are
+    /// built for; others keep the default). For benchmarks: every choice computes the same.
+    pub fn with_attention_tiles(mut self, tiles: AttnTiles) -> Self {
+        self.attn_tiles = tiles;
+        self
     }
 
     /// This handle with the tensor-core kernels on or off (same device and memory).
@@ -813,9 +874,16 @@ impl<D: KernelDevice> Backend for GpuBackend<D> {
         };
         let hd = s.head_dim;
         if self.use_attention_mma(hd, &[args.qkv, args.prefix, args.out]) {
-            let smem = 5 * 64 * (hd + 8) * 2;
-            let grid = [s.seq.div_ceil(64) as u32, s.heads as u32, s.batch as u32];
-            let name = format!("attn_fwd_mma_d{hd}_bf16");
+            let t = self.attn_tiles;
+            let t = if ATTN_FWD_EXTRA_TILES.contains(&(hd, t)) {
+                t
+            } else {
+                ATTN_FWD_DEFAULT_TILES
+            };
+            let rows = 64 * t.row_tiles;
+            let smem = (rows + 4 * t.keys) * (hd + 8) * 2;
+            let grid = [s.seq.div_ceil(rows) as u32, s.heads as u32, s.batch as u32];
+            let name = format!("attn_fwd_mma_d{hd}_m{}_k{}_bf16", t.row_tiles, t.keys);
             self.launch(&name, grid, 128, smem as u32, &args);
             return;
         }

@@ -6,7 +6,9 @@
 //! Generic over the device so it compiles (and can be smoke-run) everywhere; numbers only
 //! mean something on hardware, which `is_hardware` marks in the report.
 
-use super::backend::{GpuBackend, Precision};
+use super::backend::{
+    AttnTiles, GpuBackend, Precision, ATTN_FWD_DEFAULT_TILES, ATTN_FWD_EXTRA_TILES,
+};
 use super::device::KernelDevice;
 use crate::backend::{AttnShape, Backend};
 use crate::bench::{self as cbench, BenchOptions};
@@ -57,33 +59,29 @@ pub fn gcg_options(iters: usize) -> BenchOptions {
     }
 }
 
-/// Attention forward alone: one sequence of `seq` tokens, `heads` x `head_dim`, causal.
-/// Returns (median seconds, executed TFLOP/s).
+/// Attention forward alone on `shape` (causal; every query also sees `shape.prefix` cached
+/// keys). Returns (median seconds, executed TFLOP/s).
 pub fn attention_tflops<D: KernelDevice>(
     be: &GpuBackend<D>,
-    seq: usize,
-    heads: usize,
-    head_dim: usize,
+    shape: AttnShape,
     iters: usize,
 ) -> Result<(f64, f64)> {
-    let shape = AttnShape {
-        batch: 1,
-        seq,
-        heads,
-        kv_heads: heads,
-        head_dim,
-        prefix: 0,
+    let (rows, width) = (shape.batch * shape.seq, shape.qkv_dim());
+    let pseudo = |n: usize| -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i * 2_654_435_761usize) % 1000) as f32 / 1000.0 - 0.5)
+            .collect()
     };
-    let qkv_host: Vec<f32> = (0..seq * shape.qkv_dim())
-        .map(|i| ((i * 2_654_435_761usize) % 1000) as f32 / 1000.0 - 0.5)
-        .collect();
-    let qkv = be.try_upload(&qkv_host)?;
-    let mut out = be.zeros(seq * heads * head_dim);
-    let mut lse = be.zeros(seq * heads);
+    let qkv = be.try_upload(&pseudo(rows * width))?;
+    let prefix = be.try_upload(&pseudo(shape.prefix.max(1) * width))?;
+    let mut out = be.zeros(rows * shape.heads * shape.head_dim);
+    let mut lse = be.zeros(rows * shape.heads);
+    let lens = vec![shape.seq; shape.batch];
+    let pre = (shape.prefix > 0).then_some(&prefix);
     let mut times = Vec::new();
     for i in 0..=iters.max(1) {
         let t = Instant::now();
-        be.attention(&mut out, &mut lse, &qkv, None, &[seq], shape);
+        be.attention(&mut out, &mut lse, &qkv, pre, &lens, shape);
         be.check()?;
         if i > 0 {
             times.push(t.elapsed().as_secs_f64());
@@ -91,9 +89,10 @@ pub fn attention_tflops<D: KernelDevice>(
     }
     times.sort_by(|a, b| a.total_cmp(b));
     let secs = times[times.len() / 2];
-    // QK^T and PV over the causal triangle: 4 * head_dim flops per (query, key) pair per head.
-    let pairs = (seq * (seq + 1) / 2) as f64;
-    let flops = 4.0 * head_dim as f64 * heads as f64 * pairs;
+    // QK^T and PV over the visible (query, key) pairs: 4 * head_dim flops each per head.
+    let (s, p) = (shape.seq as f64, shape.prefix as f64);
+    let pairs = shape.batch as f64 * (s * p + s * (s + 1.0) / 2.0);
+    let flops = 4.0 * (shape.head_dim * shape.heads) as f64 * pairs;
     Ok((secs, flops / secs / 1e12))
 }
 
@@ -107,42 +106,73 @@ pub fn run<D: KernelDevice>(
     let hardware = dev.is_hardware();
     let be = GpuBackend::new(dev, Precision::Bf16);
     let mut rows = Vec::new();
-    // Attention alone, on tensor cores and (the reference in the same run) on CUDA cores.
-    // Short kernels: more repetitions than the model workloads.
-    for (workload, tensor_cores) in [
-        ("attention-forward", true),
-        ("attention-forward-cuda-cores", false),
-    ] {
-        let attn_be = be.clone().with_tensor_cores(tensor_cores);
-        let (secs, tflops) = attention_tflops(&attn_be, 4096, 16, 128, iters.max(10))?;
-        rows.push(GpuBenchRow {
-            preset: "attention 4k x 16 heads x 128".into(),
-            workload: workload.into(),
-            tokens: 4096,
-            median_s: secs,
-            tokens_per_s: 4096.0 / secs,
-            executed_tflops: tflops,
-            nominal_tflops: tflops,
-            mfu: tflops / PEAK_TFLOPS,
-        });
+    // Attention alone at 4k context and at the candidate-scoring shape, on tensor cores
+    // (every tile shape built for head_dim 128) and, as the reference in the same run, on
+    // CUDA cores. Short kernels: more repetitions than the model workloads.
+    let shapes = [
+        ("attention 4k x 16 heads x 128", 1, 4096, 0),
+        ("attention 512 x 64 after 256, 16 heads x 128", 512, 64, 256),
+    ];
+    let tiles_128 = std::iter::once(ATTN_FWD_DEFAULT_TILES).chain(
+        ATTN_FWD_EXTRA_TILES
+            .iter()
+            .filter(|(d, _)| *d == 128)
+            .map(|(_, t)| *t),
+    );
+    let mut variants: Vec<(String, GpuBackend<D>)> = tiles_128
+        .map(|t| (tiles_label(t), be.clone().with_attention_tiles(t)))
+        .collect();
+    variants.push(("cuda-cores".into(), be.clone().with_tensor_cores(false)));
+    for (preset, batch, seq, prefix) in shapes {
+        let shape = AttnShape {
+            batch,
+            seq,
+            heads: 16,
+            kv_heads: 16,
+            head_dim: 128,
+            prefix,
+        };
+        for (label, vbe) in &variants {
+            let (secs, tflops) = attention_tflops(vbe, shape, iters.max(10))?;
+            let tokens = batch * seq;
+            rows.push(GpuBenchRow {
+                preset: preset.into(),
+                workload: format!("attention-forward [{label}]"),
+                tokens,
+                median_s: secs,
+                tokens_per_s: tokens as f64 / secs,
+                executed_tflops: tflops,
+                nominal_tflops: tflops,
+                mfu: tflops / PEAK_TFLOPS,
+            });
+        }
+        be.trim();
     }
     let opts = gcg_options(iters);
     for &name in presets_to_run {
         let cfg = presets::config(name, Some(2))?;
-        let model = Model::random(cfg, 0, 0.02, be.clone());
+        let hd = cfg.head_dim;
+        let mut model = Model::random(cfg, 0, 0.02, be.clone());
         be.check()?;
-        for r in cbench::run(&model, &opts)? {
-            let exec = r.executed_gflops / 1e3;
-            rows.push(GpuBenchRow {
-                preset: name.into(),
-                workload: r.workload,
-                tokens: r.tokens,
-                median_s: r.median_s,
-                tokens_per_s: r.tokens_per_s,
-                executed_tflops: exec,
-                nominal_tflops: r.nominal_gflops / 1e3,
-                mfu: exec / PEAK_TFLOPS,
-            });
+        // The model workloads with the default attention tiles, then with each other tile
+        // shape built for this head_dim (same weights: only the backend handle changes).
+        let extra = ATTN_FWD_EXTRA_TILES.iter().filter(|(d, _)| *d == hd);
+        for tiles in std::iter::once(None).chain(extra.map(|(_, t)| Some(*t))) {
+            model.backend = tiles.map_or(be.clone(), |t| be.clone().with_attention_tiles(t));
+            let label = tiles.map_or(String::new(), |t| format!(" [{}]", tiles_label(t)));
+            for r in cbench::run(&model, &opts)? {
+                let exec = r.executed_gflops / 1e3;
+                rows.push(GpuBenchRow {
+                    preset: name.into(),
+                    workload: format!("{}{label}", r.workload),
+                    tokens: r.tokens,
+                    median_s: r.median_s,
+                    tokens_per_s: r.tokens_per_s,
+                    executed_tflops: exec,
+                    nominal_tflops: r.nominal_gflops / 1e3,
+                    mfu: exec / PEAK_TFLOPS,
+                });
+            }
         }
         model.backend.check()?;
         drop(model);
@@ -154,6 +184,11 @@ pub fn run<D: KernelDevice>(
         peak_tflops: PEAK_TFLOPS,
         rows,
     })
+}
+
+/// "m{row tiles} k{keys}": a tensor-core attention tile shape in a row label.
+fn tiles_label(t: AttnTiles) -> String {
+    format!("m{} k{}", t.row_tiles, t.keys)
 }
 
 /// `armsrace bench --device cuda`: the report on GPU 0, or an `Err` without one.

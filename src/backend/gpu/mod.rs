@@ -22,6 +22,6 @@ pub mod device;
 pub mod emu;
 pub mod ops;
 
-pub use backend::{GpuBackend, KernelArgs, Precision};
+pub use backend::{AttnTiles, GpuBackend, KernelArgs, Precision};
 pub use buffer::GpuBuf;
 pub use ops::AdafactorBufs;
