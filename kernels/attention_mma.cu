@@ -206,9 +206,10 @@ __device__ void attn_fwd_mma_impl(const AttnFwdArgs a) {
     }
 }
 
-// One kernel per supported head_dim and shape (attn_fwd_mma_d{D}_m{MT}_k{BKV}_bf16): MT = 1,
-// BKV = 64 everywhere; head_dim 64 and 128 also in the other shapes, which the GPU benchmark
-// compares (`armsrace bench --device cuda`). (128, 2, 64) would spill registers.
+// One kernel per built head_dim and tile shape, attn_fwd_mma_d{D}_m{MT}_k{BKV}_bf16 (listed in
+// ATTN_FWD_TILES, src/backend/gpu/backend.rs, which also picks the default per head_dim):
+// MT = 1, BKV = 64 for every head_dim; head_dim 64 and 128 also in the shapes the GPU
+// benchmark compares (`armsrace bench --device cuda`). (128, 2, 64) would spill registers.
 extern "C" __global__ void __launch_bounds__(MMA_THREADS) attn_fwd_mma_d16_m1_k64_bf16(const AttnFwdArgs args) {
     attn_fwd_mma_impl<16, 1, 64>(args);
 }

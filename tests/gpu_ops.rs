@@ -13,7 +13,7 @@
 mod common;
 
 use armsrace::backend::cpu::{activation, attention, gcg, loss, norm, optim, rotary};
-use armsrace::backend::gpu::backend::ATTN_FWD_EXTRA_TILES;
+use armsrace::backend::gpu::backend::ATTN_FWD_TILES;
 use armsrace::backend::gpu::device::KernelDevice;
 use armsrace::backend::gpu::emu::{EmuDevice, Schedule};
 use armsrace::backend::gpu::{args, AdafactorBufs, GpuBackend, Precision};
@@ -446,8 +446,8 @@ fn attention_all<D: KernelDevice>(c: &Case<D>) {
         let lse_tol = if c.bf16() { 1e-3 } else { 1e-5 };
         assert_close(&what("out"), &c.down(&out), &wo, c.tol);
         assert_close(&what("lse"), &c.down(&lse), &wl, lse_tol);
-        // The other tensor-core tile shapes built for this head_dim compute the same.
-        for &(_, tiles) in ATTN_FWD_EXTRA_TILES.iter().filter(|(d, _)| *d == head_dim) {
+        // Every tensor-core tile shape built for this head_dim computes the same.
+        for &(_, tiles) in ATTN_FWD_TILES.iter().filter(|(d, _)| *d == head_dim) {
             let be = c.be.clone().with_attention_tiles(tiles);
             let (mut o2, mut l2) = (be.zeros(rows * heads * head_dim), be.zeros(rows * heads));
             be.attention(&mut o2, &mut l2, &qb, (prefix > 0).then_some(&pb), lens, s);

@@ -79,13 +79,29 @@ pub struct AttnTiles {
     pub row_tiles: usize,
     pub keys: usize,
 }
-/// The forward tiles used unless a handle picks others.
-pub const ATTN_FWD_DEFAULT_TILES: AttnTiles = AttnTiles {
-    row_tiles: 1,
-    keys: 64,
-};
-/// Forward tiles built besides the default, per head_dim (kernels/attention_mma.cu).
-pub const ATTN_FWD_EXTRA_TILES: &[(usize, AttnTiles)] = &[
+/// Forward tile shapes built per head_dim (kernels/attention_mma.cu).
+pub const ATTN_FWD_TILES: &[(usize, AttnTiles)] = &[
+    (
+        16,
+        AttnTiles {
+            row_tiles: 1,
+            keys: 64,
+        },
+    ),
+    (
+        32,
+        AttnTiles {
+            row_tiles: 1,
+            keys: 64,
+        },
+    ),
+    (
+        64,
+        AttnTiles {
+            row_tiles: 1,
+            keys: 64,
+        },
+    ),
     (
         64,
         AttnTiles {
@@ -108,6 +124,27 @@ pub const ATTN_FWD_EXTRA_TILES: &[(usize, AttnTiles)] = &[
         },
     ),
     (
+        80,
+        AttnTiles {
+            row_tiles: 1,
+            keys: 64,
+        },
+    ),
+    (
+        96,
+        AttnTiles {
+            row_tiles: 1,
+            keys: 64,
+        },
+    ),
+    (
+        128,
+        AttnTiles {
+            row_tiles: 1,
+            keys: 64,
+        },
+    ),
+    (
         128,
         AttnTiles {
             row_tiles: 1,
@@ -122,6 +159,13 @@ pub const ATTN_FWD_EXTRA_TILES: &[(usize, AttnTiles)] = &[
         },
     ),
 ];
+/// The forward tiles used unless a handle picks others. Head dim 128: 32-key tiles, the
+/// fastest of the three built on an H200 (121 vs 100 and 112 TFLOP/s at 4k context, 126 vs
+/// 100 and 72 at the candidate-scoring shape; README); the others were not compared there.
+pub fn attn_fwd_default_tiles(head_dim: usize) -> AttnTiles {
+    let keys = if head_dim == 128 { 32 } else { 64 };
+    AttnTiles { row_tiles: 1, keys }
+}
 /// Threads per block of the 1-D kernels.
 pub(crate) const THREADS: u32 = 256;
 
@@ -132,8 +176,9 @@ pub struct GpuBackend<D: KernelDevice> {
     /// backward); off, the CUDA-core kernels run everywhere (the reference the benchmarks
     /// compare against).
     pub(crate) tensor_cores: bool,
-    /// Tensor-core attention forward tiles, where built for the head_dim (else the default).
-    pub(crate) attn_tiles: AttnTiles,
+    /// Tensor-core attention forward tiles, where built for the head_dim (`None`, or not
+    /// built: `attn_fwd_default_tiles`).
+    pub(crate) attn_tiles: Option<AttnTiles>,
 }
 
 /// A second handle on the same device, allocator and error state (the model owns one).
@@ -154,14 +199,14 @@ impl<D: KernelDevice> GpuBackend<D> {
             inner: Arc::new(Inner::new(dev)),
             precision,
             tensor_cores: true,
-            attn_tiles: ATTN_FWD_DEFAULT_TILES,
+            attn_tiles: None,
         }
     }
 
     /// This handle with other tensor-core attention forward tiles (for head dims they are
     /// built for; others keep the default). For benchmarks: every choice computes the same.
     pub fn with_attention_tiles(mut self, tiles: AttnTiles) -> Self {
-        self.attn_tiles = tiles;
+        self.attn_tiles = Some(tiles);
         self
     }
 
@@ -874,12 +919,10 @@ impl<D: KernelDevice> Backend for GpuBackend<D> {
         };
         let hd = s.head_dim;
         if self.use_attention_mma(hd, &[args.qkv, args.prefix, args.out]) {
-            let t = self.attn_tiles;
-            let t = if ATTN_FWD_EXTRA_TILES.contains(&(hd, t)) {
-                t
-            } else {
-                ATTN_FWD_DEFAULT_TILES
-            };
+            let t = self
+                .attn_tiles
+                .filter(|t| ATTN_FWD_TILES.contains(&(hd, *t)))
+                .unwrap_or_else(|| attn_fwd_default_tiles(hd));
             let rows = 64 * t.row_tiles;
             let smem = (rows + 4 * t.keys) * (hd + 8) * 2;
             let grid = [s.seq.div_ceil(rows) as u32, s.heads as u32, s.batch as u32];

@@ -6,9 +6,7 @@
 //! Generic over the device so it compiles (and can be smoke-run) everywhere; numbers only
 //! mean something on hardware, which `is_hardware` marks in the report.
 
-use super::backend::{
-    AttnTiles, GpuBackend, Precision, ATTN_FWD_DEFAULT_TILES, ATTN_FWD_EXTRA_TILES,
-};
+use super::backend::{attn_fwd_default_tiles, AttnTiles, GpuBackend, Precision, ATTN_FWD_TILES};
 use super::device::KernelDevice;
 use crate::backend::{AttnShape, Backend};
 use crate::bench::{self as cbench, BenchOptions};
@@ -113,14 +111,20 @@ pub fn run<D: KernelDevice>(
         ("attention 4k x 16 heads x 128", 1, 4096, 0),
         ("attention 512 x 64 after 256, 16 heads x 128", 512, 64, 256),
     ];
-    let tiles_128 = std::iter::once(ATTN_FWD_DEFAULT_TILES).chain(
-        ATTN_FWD_EXTRA_TILES
-            .iter()
-            .filter(|(d, _)| *d == 128)
-            .map(|(_, t)| *t),
-    );
-    let mut variants: Vec<(String, GpuBackend<D>)> = tiles_128
-        .map(|t| (tiles_label(t), be.clone().with_attention_tiles(t)))
+    let mut variants: Vec<(String, GpuBackend<D>)> = ATTN_FWD_TILES
+        .iter()
+        .filter(|(d, _)| *d == 128)
+        .map(|&(_, t)| {
+            let default = if t == attn_fwd_default_tiles(128) {
+                ", default"
+            } else {
+                ""
+            };
+            (
+                format!("{}{default}", tiles_label(t)),
+                be.clone().with_attention_tiles(t),
+            )
+        })
         .collect();
     variants.push(("cuda-cores".into(), be.clone().with_tensor_cores(false)));
     for (preset, batch, seq, prefix) in shapes {
@@ -156,7 +160,9 @@ pub fn run<D: KernelDevice>(
         be.check()?;
         // The model workloads with the default attention tiles, then with each other tile
         // shape built for this head_dim (same weights: only the backend handle changes).
-        let extra = ATTN_FWD_EXTRA_TILES.iter().filter(|(d, _)| *d == hd);
+        let extra = ATTN_FWD_TILES
+            .iter()
+            .filter(|&&(d, t)| d == hd && t != attn_fwd_default_tiles(hd));
         for tiles in std::iter::once(None).chain(extra.map(|(_, t)| Some(*t))) {
             model.backend = tiles.map_or(be.clone(), |t| be.clone().with_attention_tiles(t));
             let label = tiles.map_or(String::new(), |t| format!(" [{}]", tiles_label(t)));
