@@ -81,90 +81,26 @@ pub struct AttnTiles {
 }
 /// Forward tile shapes built per head_dim (kernels/attention_mma.cu).
 pub const ATTN_FWD_TILES: &[(usize, AttnTiles)] = &[
-    (
-        16,
-        AttnTiles {
-            row_tiles: 1,
-            keys: 64,
-        },
-    ),
-    (
-        32,
-        AttnTiles {
-            row_tiles: 1,
-            keys: 64,
-        },
-    ),
-    (
-        64,
-        AttnTiles {
-            row_tiles: 1,
-            keys: 64,
-        },
-    ),
-    (
-        64,
-        AttnTiles {
-            row_tiles: 1,
-            keys: 32,
-        },
-    ),
-    (
-        64,
-        AttnTiles {
-            row_tiles: 2,
-            keys: 64,
-        },
-    ),
-    (
-        64,
-        AttnTiles {
-            row_tiles: 2,
-            keys: 32,
-        },
-    ),
-    (
-        80,
-        AttnTiles {
-            row_tiles: 1,
-            keys: 64,
-        },
-    ),
-    (
-        96,
-        AttnTiles {
-            row_tiles: 1,
-            keys: 64,
-        },
-    ),
-    (
-        128,
-        AttnTiles {
-            row_tiles: 1,
-            keys: 64,
-        },
-    ),
-    (
-        128,
-        AttnTiles {
-            row_tiles: 1,
-            keys: 32,
-        },
-    ),
-    (
-        128,
-        AttnTiles {
-            row_tiles: 2,
-            keys: 32,
-        },
-    ),
+    (16, tiles(1, 64)),
+    (32, tiles(1, 64)),
+    (64, tiles(1, 64)),
+    (64, tiles(1, 32)),
+    (64, tiles(2, 64)),
+    (64, tiles(2, 32)),
+    (80, tiles(1, 64)),
+    (96, tiles(1, 64)),
+    (128, tiles(1, 64)),
+    (128, tiles(1, 32)),
+    (128, tiles(2, 32)),
 ];
+const fn tiles(row_tiles: usize, keys: usize) -> AttnTiles {
+    AttnTiles { row_tiles, keys }
+}
 /// The forward tiles used unless a handle picks others. Head dim 128: 32-key tiles, the
 /// fastest of the three built on an H200 (121 vs 100 and 112 TFLOP/s at 4k context, 126 vs
 /// 100 and 72 at the candidate-scoring shape; README); the others were not compared there.
 pub fn attn_fwd_default_tiles(head_dim: usize) -> AttnTiles {
-    let keys = if head_dim == 128 { 32 } else { 64 };
-    AttnTiles { row_tiles: 1, keys }
+    tiles(1, if head_dim == 128 { 32 } else { 64 })
 }
 /// Threads per block of the 1-D kernels.
 pub(crate) const THREADS: u32 = 256;
