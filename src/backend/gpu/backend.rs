@@ -1019,3 +1019,25 @@ impl<D: KernelDevice> Backend for GpuBackend<D> {
         self.download(&losses)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every head_dim the tensor-core path accepts has its default forward tiles built, so
+    /// the dispatch never names a kernel that does not exist (the GPU op tests then run every
+    /// listed shape).
+    #[test]
+    fn every_tensor_core_head_dim_has_default_tiles() {
+        for hd in ATTN_MMA_HEAD_DIMS {
+            assert!(
+                ATTN_FWD_TILES.contains(&(hd, attn_fwd_default_tiles(hd))),
+                "head_dim {hd}: default tiles {:?} not built",
+                attn_fwd_default_tiles(hd)
+            );
+        }
+        assert!(ATTN_FWD_TILES
+            .iter()
+            .all(|(hd, _)| ATTN_MMA_HEAD_DIMS.contains(hd)));
+    }
+}
