@@ -124,22 +124,26 @@ typedef struct AttnFwdArgs {
     unsigned int _pad;
 } AttnFwdArgs;
 
-/* Attention backward without a prefix: attn_bwd_delta (delta = rowsum(dout * out)),
- * attn_bwd_dq (q part of dqkv) and attn_bwd_dkv (k and v parts); each part overwritten. */
+/* Attention backward: attn_bwd_delta (delta = rowsum(dout * out)), attn_bwd_dq (q part of
+ * dqkv, reading the prefix's keys too) and attn_bwd_dkv (k and v parts of the new rows; the
+ * prefix gets no gradient); each part overwritten. */
 typedef struct AttnBwdArgs {
-    unsigned long long dqkv;  /* T[batch * seq, qkv_dim] */
-    unsigned long long dout;  /* T[batch * seq, heads * head_dim] */
-    unsigned long long qkv;   /* T[batch * seq, qkv_dim] */
-    unsigned long long out;   /* T[batch * seq, heads * head_dim] */
-    unsigned long long lse;   /* f32[batch * seq, heads] */
-    unsigned long long delta; /* f32[batch * seq, heads] */
-    unsigned long long lens;  /* u32[batch] */
+    unsigned long long dqkv;   /* T[batch * seq, qkv_dim] */
+    unsigned long long dout;   /* T[batch * seq, heads * head_dim] */
+    unsigned long long qkv;    /* T[batch * seq, qkv_dim] */
+    unsigned long long out;    /* T[batch * seq, heads * head_dim] */
+    unsigned long long lse;    /* f32[batch * seq, heads] */
+    unsigned long long delta;  /* f32[batch * seq, heads] */
+    unsigned long long lens;   /* u32[batch] */
+    unsigned long long prefix; /* T[prefix_len, qkv_dim] or 0 */
     unsigned int batch;
     unsigned int seq;
     unsigned int heads;
     unsigned int kv_heads;
     unsigned int head_dim;
     float scale;
+    unsigned int prefix_len;
+    unsigned int _pad;
 } AttnBwdArgs;
 
 /* MLP activations. GELU (exact / tanh): out[i] = f(u[i]) for i < n. SwiGLU: u is

@@ -188,7 +188,8 @@ extern "C" __global__ void attn_bwd_delta_bf16(const AttnBwdArgs args) {
     attn_bwd_delta_impl<bf16>(args);
 }
 
-// dq[row, h] = sum_j ds_j k_j, ds_j = p_j (dout . v_j - delta) scale, p_j = e^(q.k_j scale - lse).
+// dq[row, h] = sum_j ds_j k_j, ds_j = p_j (dout . v_j - delta) scale, p_j = e^(q.k_j scale - lse),
+// over the prefix's keys and the new keys the row sees.
 // Launch: grid ceil(rows*heads/4), block 128 (one warp per (row, head)).
 template <typename T>
 __device__ void attn_bwd_dq_impl(const AttnBwdArgs a) {
@@ -211,6 +212,19 @@ __device__ void attn_bwd_dq_impl(const AttnBwdArgs a) {
     for (int c = 0; c < DPL_MAX; c++) dq[c] = 0.0f;
     const float lse = ptr<const float>(a.lse)[item];
     const float delta = ptr<const float>(a.delta)[item];
+    // Prefix keys first (they feed dq; the prefix itself gets no gradient).
+    const T* pre = ptr<const T>(a.prefix);
+    for (unsigned int j = 0; j < a.prefix_len; j++) {
+        const T* k = pre + (unsigned long long)j * width + (nh + kvh) * hd;
+        const T* v = pre + (unsigned long long)j * width + (nh + nkv + kvh) * hd;
+        const float p = expf(warp_dot(q, k, hd, lane) * a.scale - lse);
+        const float ds = p * (warp_dot(go, v, hd, lane) - delta) * a.scale;
+#pragma unroll
+        for (int c = 0; c < DPL_MAX; c++) {
+            const unsigned int d = lane + 32 * c;
+            if (d < hd) dq[c] += ds * ld(k, d);
+        }
+    }
     for (unsigned int j = 0; j < n; j++) {
         const unsigned long long kr = (unsigned long long)(b * a.seq + j) * width;
         const T* k = qkv + kr + (nh + kvh) * hd;

@@ -1,10 +1,11 @@
-// Attention backward on tensor cores (bf16 storage, head_dim a multiple of 16 up to 128,
-// no prefix): the same gradients as attn_bwd_dq / attn_bwd_dkv in attention.cu, after
+// Attention backward on tensor cores (bf16 storage, head_dim a multiple of 16 up to 128):
+// the same gradients as attn_bwd_dq / attn_bwd_dkv in attention.cu, after
 // attn_bwd_delta has written delta = rowsum(dout * out). With p = exp(q.k scale - lse) over
-// the keys a query sees (j <= t, j < len) and ds = p (dout.v - delta):
+// the keys a query sees (the prefix's, then new keys j <= t, j < len) and ds = p (dout.v - delta):
 //   dq_t = scale sum_j ds k_j                       (attn_bwd_dq_mma: one block per 64 queries)
-//   dk_j = scale sum_t ds q_t,  dv_j = sum_t p dout_t  (attn_bwd_dkv_mma: one block per 64 keys,
-//          over every query head of its GQA group; keys past the length get zeros)
+//   dk_j = scale sum_t ds q_t,  dv_j = sum_t p dout_t  (attn_bwd_dkv_mma: one block per 64 new
+//          keys, over every query head of its GQA group; keys past the length get zeros; the
+//          prefix gets no gradient)
 // Each kernel recomputes P from Q, K and lse (FlashAttention-2 style), keeps its gradient in
 // registers and writes it once, so no atomics and the result does not depend on scheduling.
 // Tiles stream through shared memory by cp.async, double-buffered as in attention_mma.cu.
@@ -37,10 +38,13 @@ __device__ void attn_bwd_dq_mma_impl(const AttnBwdArgs a) {
     bf16* Ks = Os + BWD_ROWS * LD;  // [2][64][LD]
     bf16* Vs = Ks + 2 * BK * LD;    // [2][64][LD]
 
+    // Keys in the concatenated [prefix ++ new] index space, as in the forward.
+    const unsigned int P = a.prefix_len;
+    const bf16* pre = a.prefix ? ptr<const bf16>(a.prefix) : qkv;
     const unsigned int t_last = min(t0 + BWD_ROWS, a.seq) - 1;
-    const unsigned int n_keys = min(t_last + 1, len);
+    const unsigned int n_keys = P + min(t_last + 1, len);
     const unsigned int n_tiles = (n_keys + BK - 1) / BK;
-    const unsigned int all_see = min(t0 + 1, len);
+    const unsigned int all_see = P + min(t0 + 1, len);
     const unsigned long long koff = (unsigned long long)(nh + kvh) * D;
     const unsigned long long voff = (unsigned long long)(nh + nkv + kvh) * D;
 
@@ -48,7 +52,10 @@ __device__ void attn_bwd_dq_mma_impl(const AttnBwdArgs a) {
         const unsigned int k0 = tile * BK, buf = tile & 1;
         auto row = [&](unsigned long long off) {
             return [&, off](int r) -> const bf16* {
-                return k0 + r < n_keys ? qkv + (row0 + k0 + r) * width + off : nullptr;
+                const unsigned int jj = k0 + r;
+                if (jj >= n_keys) return nullptr;
+                return jj < P ? pre + (unsigned long long)jj * width + off
+                              : qkv + (row0 + (jj - P)) * width + off;
             };
         };
         load_rows_async<BK, D, BWD_THREADS>(Ks + buf * BK * LD, row(koff), qkv);
@@ -104,9 +111,9 @@ __device__ void attn_bwd_dq_mma_impl(const AttnBwdArgs a) {
 #pragma unroll
             for (int e = 0; e < 4; e++) {
                 const int r = e >> 1;
-                const unsigned int j = k0 + 8 * n + 2 * tq + (e & 1);
+                const unsigned int jj = k0 + 8 * n + 2 * tq + (e & 1);
                 const unsigned int t = r ? r_hi : r_lo;
-                const bool vis = !masked || (j <= t && j < len);
+                const bool vis = !masked || (jj < n_keys && (jj < P || (jj - P <= t && jj - P < len)));
                 const float p = vis ? exp2f(s[n][e] * scale2 - lse2[r]) : 0.0f;
                 s[n][e] = p * (dp[n][e] - delta[r]);  // dS
             }

@@ -577,7 +577,7 @@ fn attention_forward_and_backward() {
         assert_close64(&format!("{what} lse"), &lse, &want_lse, 1e-5);
 
         let mut dqkv = rng.vec(rows * width, 9.0); // overwritten
-        be.attention_bwd(&mut dqkv, &c, &qkv, &out, &lse, &lens, shape);
+        be.attention_bwd(&mut dqkv, &c, &qkv, None, &out, &lse, &lens, shape);
         let mut l = |x: &[f32]| dot64(&fwd(x).0, &c);
         check_grad(
             &format!("{what} dqkv"),

@@ -455,16 +455,18 @@ fn attention_all<D: KernelDevice>(c: &Case<D>) {
             assert_close(&what("out"), &c.down(&o2), &wo, c.tol);
             assert_close(&what("lse"), &c.down(&l2), &wl, lse_tol);
         }
-        if prefix > 0 {
-            continue;
-        }
         let dout = c.q(&randn(&mut r, rows * heads * head_dim, 1.0));
         let mut dqkv = c.be.zeros(rows * width);
-        c.be.attention_bwd(&mut dqkv, &c.up(&dout), &qb, &out, &lse, lens, s);
+        let (pre_dev, pre_ref) = if prefix > 0 {
+            (Some(&pb), Some(pre.as_slice()))
+        } else {
+            (None, None)
+        };
+        c.be.attention_bwd(&mut dqkv, &c.up(&dout), &qb, pre_dev, &out, &lse, lens, s);
         // The reference reads the device's (rounded) forward output, as the backward does.
         let out_dev = c.q(&c.down(&out));
         let mut want = vec![0.0; rows * width];
-        attention::attention_bwd(&mut want, &dout, &qkv, &out_dev, &wl, lens, s);
+        attention::attention_bwd(&mut want, &dout, &qkv, pre_ref, &out_dev, &wl, lens, s);
         assert_close(&what("dqkv"), &c.down(&dqkv), &want, c.tol2);
     }
 }

@@ -149,33 +149,7 @@ fn loss_with_prefix_matches_full_loss() {
             let p = case.prefix.len();
             let cont = Batch::from_sequences(&case.conts, pad_of(&model)).unwrap();
             let full = full_batch(case, pad_of(&model));
-            let (obj_cont, obj_full) = match model.cfg.num_labels() {
-                Some(n) => {
-                    let labels: Vec<u32> = (0..cont.batch).map(|b| ((b + ci) % n) as u32).collect();
-                    (
-                        Objective::Classify {
-                            labels: labels.clone(),
-                        },
-                        Objective::Classify { labels },
-                    )
-                }
-                None => {
-                    // Targets: every continuation token from position 1 on (position 0 would
-                    // be predicted from the prefix's last row, which this API does not read).
-                    let mut mc = vec![false; cont.rows()];
-                    let mut mf = vec![false; full.rows()];
-                    for (b, &len) in cont.lens.iter().enumerate() {
-                        for t in 1..len {
-                            mc[b * cont.seq + t] = true;
-                            mf[b * full.seq + p + t] = true;
-                        }
-                    }
-                    (
-                        Objective::Target { mask: mc },
-                        Objective::Target { mask: mf },
-                    )
-                }
-            };
+            let (obj_cont, obj_full) = objectives(&model, &cont, &full, p, ci);
             // Length-1 continuations have no target: those cases only run for classifiers.
             if model.cfg.num_labels().is_none() && cont.lens.iter().any(|&l| l < 2) {
                 let cache = model.prefix_cache(&case.prefix).unwrap();
@@ -198,6 +172,102 @@ fn loss_with_prefix_matches_full_loss() {
                 "{what}: {got:?}"
             );
             assert_close(&format!("{what} loss"), &got, &want, TOL);
+        }
+    }
+}
+
+/// The same loss for the continuations and for the full sequences: classifier labels, or
+/// (causal LM) every continuation token from position 1 on as a target (position 0 would be
+/// predicted from the prefix's last row, which the prefix APIs do not read).
+fn objectives(
+    model: &Model<Cpu>,
+    cont: &Batch,
+    full: &Batch,
+    p: usize,
+    ci: usize,
+) -> (Objective, Objective) {
+    match model.cfg.num_labels() {
+        Some(n) => {
+            let labels: Vec<u32> = (0..cont.batch).map(|b| ((b + ci) % n) as u32).collect();
+            (
+                Objective::Classify {
+                    labels: labels.clone(),
+                },
+                Objective::Classify { labels },
+            )
+        }
+        None => {
+            let mut mc = vec![false; cont.rows()];
+            let mut mf = vec![false; full.rows()];
+            for (b, &len) in cont.lens.iter().enumerate() {
+                for t in 1..len {
+                    mc[b * cont.seq + t] = true;
+                    mf[b * full.seq + p + t] = true;
+                }
+            }
+            (
+                Objective::Target { mask: mc },
+                Objective::Target { mask: mf },
+            )
+        }
+    }
+}
+
+/// One-hot gradients (GCG's gradient) of continuations of a cached prefix equal those of the
+/// full sequences at the same tokens, and so do the losses; weight gradients are refused.
+#[test]
+fn onehot_grads_with_prefix_match_full_sequences() {
+    for (fi, name) in LM_FIXTURES.iter().chain(&CLS_FIXTURES).enumerate() {
+        let model = Model::load(&fixture(name), Cpu).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let vocab = model.cfg.vocab;
+        for (ci, case) in cases(30 + fi as u64).iter().enumerate() {
+            let what = format!("{name} case {ci}");
+            let p = case.prefix.len();
+            let cont = Batch::from_sequences(&case.conts, pad_of(&model)).unwrap();
+            let full = full_batch(case, pad_of(&model));
+            if model.cfg.num_labels().is_none() && cont.lens.iter().any(|&l| l < 2) {
+                continue; // no targets in a length-1 continuation
+            }
+            let (obj_cont, obj_full) = objectives(&model, &cont, &full, p, ci);
+            let (mut rows_cont, mut rows_full) = (vec![], vec![]);
+            for (b, &len) in cont.lens.iter().enumerate() {
+                for t in 0..len {
+                    rows_cont.push(b * cont.seq + t);
+                    rows_full.push(b * full.seq + p + t);
+                }
+            }
+            let req = |rows: Vec<usize>| GradRequest {
+                onehot_rows: Some(rows),
+                weights: false,
+            };
+            let cache = model.prefix_cache(&case.prefix).unwrap();
+            let got = model
+                .loss_and_grads_with_prefix(&cache, &cont, &obj_cont, &req(rows_cont))
+                .unwrap();
+            let want = model
+                .loss_and_grads(&full, &obj_full, &req(rows_full))
+                .unwrap();
+            assert_close(
+                &format!("{what} loss"),
+                &got.loss_per_seq,
+                &want.loss_per_seq,
+                TOL,
+            );
+            let (g, w) = (got.onehot_grad.unwrap(), want.onehot_grad.unwrap());
+            assert_eq!(g.len(), w.len(), "{what}: one-hot gradient size");
+            assert_eq!(g.len() % vocab, 0);
+            assert!(w.iter().any(|&x| x != 0.0), "{what}: a gradient to compare");
+            assert_close(&format!("{what} one-hot gradient"), &g, &w, 1e-4);
+            let weights = GradRequest {
+                onehot_rows: None,
+                weights: true,
+            };
+            assert!(
+                model
+                    .loss_and_grads_with_prefix(&cache, &cont, &obj_cont, &weights)
+                    .is_err(),
+                "{what}: weight gradients through a prefix must be refused"
+            );
         }
     }
 }

@@ -145,13 +145,16 @@ pub trait Backend: Send + Sync {
         lens: &[usize],
         shape: AttnShape,
     );
-    /// Backward of `attention` without a prefix: writes dqkv.
+    /// Backward of `attention`: writes dqkv (the new rows' q, k and v gradients). With a
+    /// prefix (`shape.prefix` rows of `prefix_qkv`), the queries' gradients include what
+    /// they read from the prefix; the prefix itself gets none (it is a constant here).
     #[allow(clippy::too_many_arguments)]
     fn attention_bwd(
         &self,
         dqkv: &mut Self::Buf,
         dout: &Self::Buf,
         qkv: &Self::Buf,
+        prefix_qkv: Option<&Self::Buf>,
         out: &Self::Buf,
         lse: &Self::Buf,
         lens: &[usize],

@@ -346,6 +346,35 @@ impl<B: Backend> Model<B> {
         objective: &Objective,
         req: &GradRequest,
     ) -> Result<LossGrads> {
+        self.loss_and_grads_on(None, batch, objective, req)
+    }
+
+    /// `loss_and_grads` of continuations of a cached prefix (every sequence of `batch` comes
+    /// after `cache`'s tokens): only the continuations run forward and backward. Rows and
+    /// one-hot rows index the continuations. The prefix is a constant here, so weight
+    /// gradients (which would need its activations) are refused.
+    pub fn loss_and_grads_with_prefix(
+        &self,
+        cache: &PrefixCache<B::Buf>,
+        batch: &Batch,
+        objective: &Objective,
+        req: &GradRequest,
+    ) -> Result<LossGrads> {
+        if req.weights {
+            return Err(Error::input(
+                "weight gradients through a cached prefix are not supported (run the whole sequence)",
+            ));
+        }
+        self.loss_and_grads_on(Some(cache), batch, objective, req)
+    }
+
+    fn loss_and_grads_on(
+        &self,
+        prefix: Option<&PrefixCache<B::Buf>>,
+        batch: &Batch,
+        objective: &Objective,
+        req: &GradRequest,
+    ) -> Result<LossGrads> {
         let lr = self.loss_rows(batch, objective)?;
         if let Some(rows) = &req.onehot_rows {
             if let Some(&r) = rows.iter().find(|&&r| r >= batch.rows()) {
@@ -357,7 +386,7 @@ impl<B: Backend> Model<B> {
         }
         let be = &self.backend;
         let (h, c, rows) = (self.cfg.hidden, self.head_width(), batch.rows());
-        let trace = self.run_stack(batch, None, true)?;
+        let trace = self.run_stack(batch, prefix, true)?;
         let HeadActs {
             logits,
             xf,
@@ -410,7 +439,16 @@ impl<B: Backend> Model<B> {
         );
         let mut dx = be.zeros(rows * h);
         be.scatter_add_rows(&mut dx, &dxf, &lr.rows, h);
-        let demb = backward_stack(be, &self.cfg, w, &trace, &batch.lens, dx, grads.as_mut());
+        let demb = backward_stack(
+            be,
+            &self.cfg,
+            w,
+            &trace,
+            &batch.lens,
+            prefix,
+            dx,
+            grads.as_mut(),
+        );
 
         let onehot_grad = req.onehot_rows.as_ref().map(|sel| {
             let mut d = be.zeros(sel.len() * h);

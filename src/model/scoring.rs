@@ -228,7 +228,7 @@ impl<B: Backend> Model<B> {
         );
         let mut dx = be.zeros(batch.rows() * h);
         be.scatter_add_rows(&mut dx, &dxf, rows, h);
-        let demb = backward_stack(be, &self.cfg, w, &trace, &batch.lens, dx, None);
+        let demb = backward_stack(be, &self.cfg, w, &trace, &batch.lens, None, dx, None);
         let n = onehot_rows.len();
         let mut d = be.zeros(n * h);
         be.gather_rows(&mut d, &demb, onehot_rows, h);

@@ -297,12 +297,14 @@ pub(super) fn post_attention<B: Backend>(
 /// Backward through the layer stack. `dx` is the gradient w.r.t. `trace.x_out`; returns the
 /// gradient w.r.t. the embedding output. Weight gradients accumulate into `grads` if given.
 /// `lens` holds one real length per sequence of the traced batch.
+#[allow(clippy::too_many_arguments)]
 pub fn backward_stack<B: Backend>(
     be: &B,
     cfg: &ModelConfig,
     w: &Weights<B::Buf>,
     trace: &Trace<B::Buf>,
     lens: &[usize],
+    prefix: Option<&PrefixCache<B::Buf>>,
     mut dx: B::Buf,
     mut grads: Option<&mut Weights<B::Buf>>,
 ) -> B::Buf {
@@ -386,8 +388,11 @@ pub fn backward_stack<B: Backend>(
             h,
         );
         let mut dqkv = be.zeros(rows * qd);
-        let shape = attn_shape(cfg, batch, seq, 0);
-        be.attention_bwd(&mut dqkv, &datt, &s.qkv, &s.att, &s.lse, lens, shape);
+        let prefix_qkv = prefix.map(|p| &p.layers[li]);
+        let shape = attn_shape(cfg, batch, seq, prefix.map_or(0, |p| p.len));
+        be.attention_bwd(
+            &mut dqkv, &datt, &s.qkv, prefix_qkv, &s.att, &s.lse, lens, shape,
+        );
         be.rotary(&mut dqkv, &trace.positions, rotary_shape(cfg, rows), true);
         let mut da = be.zeros(rows * h);
         be.matmul_bwd(

@@ -228,17 +228,20 @@ pub fn attention_bwd(
     dqkv: &mut [f32],
     dout: &[f32],
     qkv: &[f32],
+    prefix: Option<&[f32]>,
     out: &[f32],
     lse: &[f32],
     lens: &[usize],
     s: AttnShape,
 ) {
-    assert_eq!(
-        s.prefix, 0,
-        "attention backward through a cached prefix is not supported"
-    );
     let (hd, nh, nkv, t_len) = (s.head_dim, s.heads, s.kv_heads, s.seq);
     let width = s.qkv_dim();
+    let p_len = s.prefix;
+    let pre = prefix.unwrap_or(&[]);
+    assert!(
+        pre.len() >= p_len * width,
+        "attention backward: prefix of {p_len} rows needs its qkv"
+    );
     let group = nh / nkv;
     let scale = 1.0 / (hd as f32).sqrt();
     let out_w = nh * hd;
@@ -255,7 +258,7 @@ pub fn attention_bwd(
             for t in 0..t_len {
                 let row = b * t_len + t;
                 let n = (t + 1).min(len);
-                if n == 0 {
+                if n + p_len == 0 {
                     continue;
                 }
                 let q = &qkv[row * width + qh * hd..row * width + (qh + 1) * hd];
@@ -264,6 +267,16 @@ pub fn attention_bwd(
                 let l = lse[row * nh + qh];
                 let delta = dot(go, o);
                 dq.fill(0.0);
+                // Prefix keys: they feed dq; the prefix gets no gradient.
+                for j in 0..p_len {
+                    let k = &pre[j * width + k_off..j * width + k_off + hd];
+                    let v = &pre[j * width + v_off..j * width + v_off + hd];
+                    let p = (dot(q, k) * scale - l).exp();
+                    let ds = p * (dot(go, v) - delta) * scale;
+                    for d in 0..hd {
+                        dq[d] += ds * k[d];
+                    }
+                }
                 for j in 0..n {
                     let r = b * t_len + j;
                     let k = &qkv[r * width + k_off..r * width + k_off + hd];

@@ -194,12 +194,14 @@ impl Backend for Cpu {
         dqkv: &mut Vec<f32>,
         dout: &Vec<f32>,
         qkv: &Vec<f32>,
+        prefix_qkv: Option<&Vec<f32>>,
         out: &Vec<f32>,
         lse: &Vec<f32>,
         lens: &[usize],
         shape: AttnShape,
     ) {
-        attention::attention_bwd(dqkv, dout, qkv, out, lse, lens, shape);
+        let prefix = prefix_qkv.map(|p| p.as_slice());
+        attention::attention_bwd(dqkv, dout, qkv, prefix, out, lse, lens, shape);
     }
 
     fn activation(

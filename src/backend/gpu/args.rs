@@ -345,16 +345,19 @@ pub struct AttnBwdArgs {
     pub lse: ::std::os::raw::c_ulonglong,
     pub delta: ::std::os::raw::c_ulonglong,
     pub lens: ::std::os::raw::c_ulonglong,
+    pub prefix: ::std::os::raw::c_ulonglong,
     pub batch: ::std::os::raw::c_uint,
     pub seq: ::std::os::raw::c_uint,
     pub heads: ::std::os::raw::c_uint,
     pub kv_heads: ::std::os::raw::c_uint,
     pub head_dim: ::std::os::raw::c_uint,
     pub scale: f32,
+    pub prefix_len: ::std::os::raw::c_uint,
+    pub _pad: ::std::os::raw::c_uint,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of AttnBwdArgs"][::std::mem::size_of::<AttnBwdArgs>() - 80usize];
+    ["Size of AttnBwdArgs"][::std::mem::size_of::<AttnBwdArgs>() - 96usize];
     ["Alignment of AttnBwdArgs"][::std::mem::align_of::<AttnBwdArgs>() - 8usize];
     [
         "Offset of field: AttnBwdArgs::dqkv",
@@ -378,23 +381,32 @@ const _: () = {
         "Offset of field: AttnBwdArgs::lens",
     ][::std::mem::offset_of!(AttnBwdArgs, lens) - 48usize];
     [
+        "Offset of field: AttnBwdArgs::prefix",
+    ][::std::mem::offset_of!(AttnBwdArgs, prefix) - 56usize];
+    [
         "Offset of field: AttnBwdArgs::batch",
-    ][::std::mem::offset_of!(AttnBwdArgs, batch) - 56usize];
+    ][::std::mem::offset_of!(AttnBwdArgs, batch) - 64usize];
     [
         "Offset of field: AttnBwdArgs::seq",
-    ][::std::mem::offset_of!(AttnBwdArgs, seq) - 60usize];
+    ][::std::mem::offset_of!(AttnBwdArgs, seq) - 68usize];
     [
         "Offset of field: AttnBwdArgs::heads",
-    ][::std::mem::offset_of!(AttnBwdArgs, heads) - 64usize];
+    ][::std::mem::offset_of!(AttnBwdArgs, heads) - 72usize];
     [
         "Offset of field: AttnBwdArgs::kv_heads",
-    ][::std::mem::offset_of!(AttnBwdArgs, kv_heads) - 68usize];
+    ][::std::mem::offset_of!(AttnBwdArgs, kv_heads) - 76usize];
     [
         "Offset of field: AttnBwdArgs::head_dim",
-    ][::std::mem::offset_of!(AttnBwdArgs, head_dim) - 72usize];
+    ][::std::mem::offset_of!(AttnBwdArgs, head_dim) - 80usize];
     [
         "Offset of field: AttnBwdArgs::scale",
-    ][::std::mem::offset_of!(AttnBwdArgs, scale) - 76usize];
+    ][::std::mem::offset_of!(AttnBwdArgs, scale) - 84usize];
+    [
+        "Offset of field: AttnBwdArgs::prefix_len",
+    ][::std::mem::offset_of!(AttnBwdArgs, prefix_len) - 88usize];
+    [
+        "Offset of field: AttnBwdArgs::_pad",
+    ][::std::mem::offset_of!(AttnBwdArgs, _pad) - 92usize];
 };
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]

@@ -876,13 +876,14 @@ impl<D: KernelDevice> Backend for GpuBackend<D> {
         dqkv: &mut GpuBuf<D>,
         dout: &GpuBuf<D>,
         qkv: &GpuBuf<D>,
+        prefix_qkv: Option<&GpuBuf<D>>,
         out: &GpuBuf<D>,
         lse: &GpuBuf<D>,
         lens: &[usize],
         s: AttnShape,
     ) {
-        if self.reject(s.prefix != 0, || {
-            "attention backward through a cached prefix is not supported".into()
+        if self.reject(s.prefix > 0 && prefix_qkv.is_none(), || {
+            "attention_bwd: prefix length without prefix qkv".into()
         }) || self.reject(lse.dtype != DType::F32, || {
             "attention_bwd: lse must come from this backend's attention".into()
         }) || self.reject(s.head_dim > 256, || {
@@ -905,17 +906,20 @@ impl<D: KernelDevice> Backend for GpuBackend<D> {
             lse: lse.addr(),
             delta: delta.addr(),
             lens: lb.addr(),
+            prefix: prefix_qkv.map_or(0, |p| p.addr()),
             batch: s.batch as u32,
             seq: s.seq as u32,
             heads: s.heads as u32,
             kv_heads: s.kv_heads as u32,
             head_dim: s.head_dim as u32,
             scale: 1.0 / (s.head_dim as f32).sqrt(),
+            prefix_len: s.prefix as u32,
+            _pad: 0,
         };
         let per_head = [(rows * s.heads).div_ceil(4) as u32, 1, 1];
         self.launch(&self.kname("attn_bwd_delta"), per_head, 128, 0, &args);
         let hd = s.head_dim;
-        if self.use_attention_mma(hd, &[args.qkv, args.dout, args.dqkv]) {
+        if self.use_attention_mma(hd, &[args.qkv, args.prefix, args.dout, args.dqkv]) {
             // kernels/attention_mma_bwd.cu; shared memory as its launch comments say.
             let row_bytes = (hd + 8) * 2;
             let query_tile = if hd <= 64 { 64 } else { 32 };
