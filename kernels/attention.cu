@@ -212,23 +212,15 @@ __device__ void attn_bwd_dq_impl(const AttnBwdArgs a) {
     for (int c = 0; c < DPL_MAX; c++) dq[c] = 0.0f;
     const float lse = ptr<const float>(a.lse)[item];
     const float delta = ptr<const float>(a.delta)[item];
-    // Prefix keys first (they feed dq; the prefix itself gets no gradient).
+    // Keys in the concatenated [prefix ++ new] index space: the prefix's feed dq too (the
+    // prefix itself gets no gradient).
     const T* pre = ptr<const T>(a.prefix);
-    for (unsigned int j = 0; j < a.prefix_len; j++) {
-        const T* k = pre + (unsigned long long)j * width + (nh + kvh) * hd;
-        const T* v = pre + (unsigned long long)j * width + (nh + nkv + kvh) * hd;
-        const float p = expf(warp_dot(q, k, hd, lane) * a.scale - lse);
-        const float ds = p * (warp_dot(go, v, hd, lane) - delta) * a.scale;
-#pragma unroll
-        for (int c = 0; c < DPL_MAX; c++) {
-            const unsigned int d = lane + 32 * c;
-            if (d < hd) dq[c] += ds * ld(k, d);
-        }
-    }
-    for (unsigned int j = 0; j < n; j++) {
-        const unsigned long long kr = (unsigned long long)(b * a.seq + j) * width;
-        const T* k = qkv + kr + (nh + kvh) * hd;
-        const T* v = qkv + kr + (nh + nkv + kvh) * hd;
+    for (unsigned int j = 0; j < a.prefix_len + n; j++) {
+        const T* kv = j < a.prefix_len
+                          ? pre + (unsigned long long)j * width
+                          : qkv + (unsigned long long)(b * a.seq + j - a.prefix_len) * width;
+        const T* k = kv + (nh + kvh) * hd;
+        const T* v = kv + (nh + nkv + kvh) * hd;
         const float p = expf(warp_dot(q, k, hd, lane) * a.scale - lse);
         const float ds = p * (warp_dot(go, v, hd, lane) - delta) * a.scale;
 #pragma unroll
