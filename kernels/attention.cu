@@ -61,12 +61,9 @@ __device__ void attn_fwd_impl(const AttnFwdArgs a) {
             const unsigned int j = e / hd, d = e % hd, jj = k0 + j;
             float kv = 0.0f, vv = 0.0f;
             if (jj < n_keys) {
-                const unsigned long long base =
-                    jj < P ? (unsigned long long)jj * width
-                           : (unsigned long long)(b * a.seq + (jj - P)) * width;
-                const T* src = jj < P ? pre : qkv;
-                kv = ld(src, base + koff + d);
-                vv = ld(src, base + voff + d);
+                const T* row = key_row(pre, qkv + (unsigned long long)b * a.seq * width, jj, P, width);
+                kv = ld(row, koff + d);
+                vv = ld(row, voff + d);
             }
             Ks[j * (hd + 1) + d] = kv;
             Vs[j * hd + d] = vv;
@@ -89,7 +86,7 @@ __device__ void attn_fwd_impl(const AttnFwdArgs a) {
 #pragma unroll
         for (int r = 0; r < ROWS_PER_WARP; r++) {
             const unsigned int t = t0 + warp * ROWS_PER_WARP + r;
-            const bool vis = jj < n_keys && (jj < P || (jj - P <= t && jj - P < len));
+            const bool vis = jj < n_keys && key_visible(jj, t, P, len);
             const float sc = vis ? s[r] * a.scale : -INFINITY;
             const float m_new = fmaxf(m[r], warp_max(sc));
             // m_new = -inf: nothing visible yet; keep the state untouched.
@@ -216,9 +213,7 @@ __device__ void attn_bwd_dq_impl(const AttnBwdArgs a) {
     // prefix itself gets no gradient).
     const T* pre = ptr<const T>(a.prefix);
     for (unsigned int j = 0; j < a.prefix_len + n; j++) {
-        const T* kv = j < a.prefix_len
-                          ? pre + (unsigned long long)j * width
-                          : qkv + (unsigned long long)(b * a.seq + j - a.prefix_len) * width;
+        const T* kv = key_row(pre, qkv + (unsigned long long)b * a.seq * width, j, a.prefix_len, width);
         const T* k = kv + (nh + kvh) * hd;
         const T* v = kv + (nh + nkv + kvh) * hd;
         const float p = expf(warp_dot(q, k, hd, lane) * a.scale - lse);

@@ -55,15 +55,11 @@ __device__ void attn_fwd_mma_impl(const AttnFwdArgs a) {
     const unsigned long long koff = (unsigned long long)(nh + kvh) * D;
     const unsigned long long voff = (unsigned long long)(nh + nkv + kvh) * D;
 
-    auto kv_row = [&](unsigned int jj, unsigned long long off) -> const bf16* {
-        if (jj >= n_keys) return nullptr;
-        return jj < P ? pre + (unsigned long long)jj * width + off
-                      : qkv + (seq_row0 + (jj - P)) * width + off;
-    };
     auto load_kv = [&](unsigned int tile) {
-        const unsigned int k0 = tile * BKV, buf = tile & 1;
-        load_rows_async<BKV, D, MMA_THREADS>(Ks + buf * BKV * LD, [&](int r) { return kv_row(k0 + r, koff); }, qkv);
-        load_rows_async<BKV, D, MMA_THREADS>(Vs + buf * BKV * LD, [&](int r) { return kv_row(k0 + r, voff); }, qkv);
+        const unsigned int buf = tile & 1;
+        load_kv_async<BKV, D, MMA_THREADS>(Ks + buf * BKV * LD, Vs + buf * BKV * LD, pre,
+                                           qkv + seq_row0 * width, tile * BKV, n_keys, P, width,
+                                           koff, voff);
     };
 
     load_rows_async<BQ, D, MMA_THREADS>(Qs, [&](int r) -> const bf16* {
@@ -138,7 +134,7 @@ __device__ void attn_fwd_mma_impl(const AttnFwdArgs a) {
                     if (masked) {
                         const unsigned int jj = k0 + 8 * n + 2 * tq + (e & 1);
                         const unsigned int t = t0 + w0 + 16 * m + g + (e >> 1) * 8;
-                        const bool vis = jj < n_keys && (jj < P || (jj - P <= t && jj - P < len));
+                        const bool vis = jj < n_keys && key_visible(jj, t, P, len);
                         v = vis ? v : -INFINITY;
                     }
                     s[m][n][e] = v;

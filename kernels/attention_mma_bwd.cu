@@ -49,17 +49,10 @@ __device__ void attn_bwd_dq_mma_impl(const AttnBwdArgs a) {
     const unsigned long long voff = (unsigned long long)(nh + nkv + kvh) * D;
 
     auto load_kv = [&](unsigned int tile) {
-        const unsigned int k0 = tile * BK, buf = tile & 1;
-        auto row = [&](unsigned long long off) {
-            return [&, off](int r) -> const bf16* {
-                const unsigned int jj = k0 + r;
-                if (jj >= n_keys) return nullptr;
-                return jj < P ? pre + (unsigned long long)jj * width + off
-                              : qkv + (row0 + (jj - P)) * width + off;
-            };
-        };
-        load_rows_async<BK, D, BWD_THREADS>(Ks + buf * BK * LD, row(koff), qkv);
-        load_rows_async<BK, D, BWD_THREADS>(Vs + buf * BK * LD, row(voff), qkv);
+        const unsigned int buf = tile & 1;
+        load_kv_async<BK, D, BWD_THREADS>(Ks + buf * BK * LD, Vs + buf * BK * LD, pre,
+                                          qkv + row0 * width, tile * BK, n_keys, P, width, koff,
+                                          voff);
     };
     load_rows_async<BWD_ROWS, D, BWD_THREADS>(Qs, [&](int r) -> const bf16* {
         return t0 + r < a.seq ? qkv + (row0 + t0 + r) * width + (unsigned long long)h * D : nullptr;
@@ -113,7 +106,7 @@ __device__ void attn_bwd_dq_mma_impl(const AttnBwdArgs a) {
                 const int r = e >> 1;
                 const unsigned int jj = k0 + 8 * n + 2 * tq + (e & 1);
                 const unsigned int t = r ? r_hi : r_lo;
-                const bool vis = !masked || (jj < n_keys && (jj < P || (jj - P <= t && jj - P < len)));
+                const bool vis = !masked || (jj < n_keys && key_visible(jj, t, P, len));
                 const float p = vis ? exp2f(s[n][e] * scale2 - lse2[r]) : 0.0f;
                 s[n][e] = p * (dp[n][e] - delta[r]);  // dS
             }
@@ -233,7 +226,7 @@ __device__ void attn_bwd_dkv_mma_impl(const AttnBwdArgs a) {
                 for (int r = 0; r < 2; r++) {
                     const int e = 2 * r + c;
                     const unsigned int j = r ? j_hi : j_lo;
-                    const bool vis = !masked || (in_seq && j <= t && j < len);
+                    const bool vis = !masked || (in_seq && key_visible(j, t, 0, len));
                     const float p = vis ? exp2f(s[n][e] * scale2 - l2) : 0.0f;
                     pt[n][e] = p;
                     s[n][e] = p * (dp[n][e] - dl);  // dS^T

@@ -60,6 +60,21 @@ __device__ __forceinline__ float block_max(float v, float* red) {
     return warp_max(v);
 }
 
+// Attention keys of sequence b live in one index space: the shared prefix's P rows first, then
+// the sequence's own rows (`seq_rows` = its first qkv row). Key jj's qkv row:
+template <typename T>
+__device__ __forceinline__ const T* key_row(const T* prefix, const T* seq_rows, unsigned int jj,
+                                            unsigned int P, unsigned long long width) {
+    return jj < P ? prefix + (unsigned long long)jj * width
+                  : seq_rows + (unsigned long long)(jj - P) * width;
+}
+// The causal + padding mask (shared with the CPU reference): query t of a sequence of length
+// `len` sees every prefix key and the new keys j <= t with j < len.
+__device__ __forceinline__ bool key_visible(unsigned int jj, unsigned int t, unsigned int P,
+                                            unsigned int len) {
+    return jj < P || (jj - P <= t && jj - P < len);
+}
+
 // 32-bit integer mixer (Wellons' lowbias32): the counter-based hash behind GCG sampling.
 // Integer-only, so the CPU reference (src/backend/cpu/gcg.rs) reproduces it bit for bit.
 __device__ __forceinline__ unsigned int mix32(unsigned int x) {

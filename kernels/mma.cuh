@@ -159,6 +159,25 @@ __device__ __forceinline__ void load_rows_async(bf16* dst, RowPtr row_ptr, const
 }
 
 
+// Keys k0 .. k0 + ROWS - 1 of a sequence's [prefix ++ own rows] key space (common.cuh's
+// key_row; zeros from n_keys on) into a K tile and a V tile: columns koff.. and voff.. of
+// each qkv row.
+template <int ROWS, int D, int THREADS>
+__device__ __forceinline__ void load_kv_async(bf16* ks, bf16* vs, const bf16* prefix,
+                                              const bf16* seq_rows, unsigned int k0,
+                                              unsigned int n_keys, unsigned int P,
+                                              unsigned long long width, unsigned long long koff,
+                                              unsigned long long voff) {
+    auto rows = [=](unsigned long long off) {
+        return [=](int r) -> const bf16* {
+            const unsigned int jj = k0 + r;
+            return jj < n_keys ? key_row(prefix, seq_rows, jj, P, width) + off : nullptr;
+        };
+    };
+    load_rows_async<ROWS, D, THREADS>(ks, rows(koff), seq_rows);
+    load_rows_async<ROWS, D, THREADS>(vs, rows(voff), seq_rows);
+}
+
 // ---- warp-level tile products (16 rows per warp) ---------------------------------------------
 // Shared tiles are row-major bf16 with row stride `ld` elements. ldmatrix.x4 row addresses:
 // lane l reads row l % 8 of matrix l / 8.
