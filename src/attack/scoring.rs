@@ -83,6 +83,13 @@ struct Plan<B: Backend> {
     ext: Option<PrefixCache<B::Buf>>,
 }
 
+impl<B: Backend> Plan<B> {
+    /// Tokens a candidate runs from group start `p` on (the rest comes from caches).
+    fn seq(&self, p: usize) -> usize {
+        self.full_len - self.l0 - p
+    }
+}
+
 /// Scores several examples' candidates. Each example's candidates are grouped by their
 /// first attack position p that differs from its reference; a group runs only its tokens
 /// from p on, against a view of the example's cache extended by the reference up to p.
@@ -174,8 +181,7 @@ pub fn score_many<B: Backend>(
         let mut end = at;
         let mut rows_in = 0;
         while end < pieces.len() {
-            let (ji, p, c) = &pieces[end];
-            let r = c.len() * (plan(*ji).full_len - plan(*ji).l0 - p);
+            let r = calls.piece_rows(&pieces[end]);
             if end > at && rows_in + r > limit {
                 break;
             }
@@ -191,7 +197,7 @@ pub fn score_many<B: Backend>(
                 rows: chunk.len() * pl.positions.len(),
                 shortcut: v.fast.shortcut,
             };
-            let (start, seq) = (pl.l0 + p, pl.full_len - pl.l0 - p);
+            let (start, seq) = (pl.l0 + p, pl.seq(*p));
             out[*ji].executed += executed_lean(cfg, chunk.len(), seq, start, top);
         }
         calls.run_or_split(call, &mut out)?;
@@ -217,6 +223,11 @@ impl<B: Backend> Calls<'_, '_, B> {
             .expect("jobs with pieces have a plan")
     }
 
+    /// Rows a piece adds to a call.
+    fn piece_rows(&self, (ji, p, c): &Piece) -> usize {
+        c.len() * self.plan(*ji).seq(*p)
+    }
+
     /// Runs `call`; when the device runs out of memory, splits it in half (between pieces,
     /// or a lone piece's candidates) and runs the halves, down to a single candidate. A
     /// candidate's logits do not depend on which others share its call, so the results are
@@ -230,13 +241,7 @@ impl<B: Backend> Calls<'_, '_, B> {
                 };
                 // Later calls (this step's and the next steps') pack at most half of what
                 // did not fit.
-                let rows: usize = call
-                    .iter()
-                    .map(|(ji, p, c)| {
-                        let pl = self.plan(*ji);
-                        c.len() * (pl.full_len - pl.l0 - p)
-                    })
-                    .sum();
+                let rows: usize = call.iter().map(|pc| self.piece_rows(pc)).sum();
                 self.v.rows_cap.lower(rows / 2);
                 self.run_or_split(&a, out)?;
                 self.run_or_split(&b, out)
@@ -252,7 +257,7 @@ impl<B: Backend> Calls<'_, '_, B> {
         let mut rows = Vec::with_capacity(call.len());
         for (ji, p, chunk) in call {
             let pl = self.plan(*ji);
-            let (start, seq) = (pl.l0 + p, pl.full_len - pl.l0 - p);
+            let (start, seq) = (pl.l0 + p, pl.seq(*p));
             let mut ids = Vec::with_capacity(chunk.len() * seq);
             for &i in chunk {
                 ids.extend_from_slice(&jobs[*ji].cands[i][*p..]);
