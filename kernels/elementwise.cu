@@ -1,4 +1,4 @@
-// Elementwise ops over flat buffers: add, add_assign, copy. Memory-bound one-liners; each is
+// Elementwise ops over flat buffers: add, add_assign, copy, cast. Memory-bound one-liners; each is
 // a grid-stride loop so any launch shape covers any n (launch: 256 threads, up to ~1k blocks).
 #include "common.cuh"
 
@@ -39,3 +39,12 @@ extern "C" __global__ void add_assign_bf16(const EwArgs args) { add_assign_impl<
 // out = a (bitwise)
 extern "C" __global__ void copy_f32(const EwArgs args) { copy_impl<float>(args); }
 extern "C" __global__ void copy_bf16(const EwArgs args) { copy_impl<bf16>(args); }
+
+// out (bf16) = a (f32), rounded to nearest even: a bf16 model's weights from its f32 master.
+extern "C" __global__ void cast_f32_bf16(const EwArgs a) {
+    bf16* out = ptr<bf16>(a.out);
+    const float* x = ptr<const float>(a.a);
+    for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x;
+         i < a.n; i += (unsigned long long)gridDim.x * blockDim.x)
+        st(out, i, x[i]);
+}

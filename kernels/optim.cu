@@ -7,11 +7,13 @@
     for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x;    \
          i < (n); i += (unsigned long long)gridDim.x * blockDim.x)
 
+// Parameters TP, gradients TG: both the storage type, or an f32 master parameter (TP = float)
+// of a bf16 gradient (training in bf16 keeps f32 master weights so small steps still land).
 // Launch: 256 threads, grid-stride.
-template <typename T>
+template <typename TP, typename TG>
 __device__ void adamw_impl(const AdamwArgs a) {
-    T* p = ptr<T>(a.param);
-    const T* g = ptr<const T>(a.grad);
+    TP* p = ptr<TP>(a.param);
+    const TG* g = ptr<const TG>(a.grad);
     float* m = ptr<float>(a.m);
     float* v = ptr<float>(a.v);
     const float step = a.lr / a.bc1, bc2s = sqrtf(a.bc2);
@@ -26,8 +28,9 @@ __device__ void adamw_impl(const AdamwArgs a) {
         st(p, i, pi);
     }
 }
-extern "C" __global__ void adamw_f32(const AdamwArgs args) { adamw_impl<float>(args); }
-extern "C" __global__ void adamw_bf16(const AdamwArgs args) { adamw_impl<bf16>(args); }
+extern "C" __global__ void adamw_f32(const AdamwArgs args) { adamw_impl<float, float>(args); }
+extern "C" __global__ void adamw_bf16(const AdamwArgs args) { adamw_impl<bf16, bf16>(args); }
+extern "C" __global__ void adamw_f32_bf16(const AdamwArgs args) { adamw_impl<float, bf16>(args); }
 
 // Factored: row[r] = b row[r] + (1 - b) mean_c(g^2 + eps1). Launch: grid rows, block 256.
 template <typename T>
@@ -147,8 +150,9 @@ extern "C" __global__ void adafactor_sumsq_partial_bf16(const AdafactorArgs args
 }
 
 // p = p (1 - wd lr) - lr u / max(1, rms(u) / clip). Each block re-sums the `blocks` partials
-// (a few hundred floats) rather than paying another launch. Launch: grid `blocks`, block 256.
-template <typename T>
+// (a few hundred floats) rather than paying another launch. Parameters TP, gradients T (as
+// adamw_impl). Launch: grid `blocks`, block 256.
+template <typename TP, typename T>
 __device__ void adafactor_apply_impl(const AdafactorArgs a) {
     __shared__ float red[32];
     const unsigned long long n = (unsigned long long)a.rows * a.cols;
@@ -157,7 +161,7 @@ __device__ void adafactor_apply_impl(const AdafactorArgs a) {
     s = block_sum(s, red);
     const float rms = sqrtf(s / (float)n);
     const float denom = fmaxf(rms / a.clip, 1.0f);
-    T* p = ptr<T>(a.param);
+    TP* p = ptr<TP>(a.param);
     GRID_STRIDE(i, n) {
         const float u = adafactor_update<T>(a, i) / denom * a.lr;
         float pi = ld(p, i);
@@ -166,10 +170,13 @@ __device__ void adafactor_apply_impl(const AdafactorArgs a) {
     }
 }
 extern "C" __global__ void adafactor_apply_f32(const AdafactorArgs args) {
-    adafactor_apply_impl<float>(args);
+    adafactor_apply_impl<float, float>(args);
 }
 extern "C" __global__ void adafactor_apply_bf16(const AdafactorArgs args) {
-    adafactor_apply_impl<bf16>(args);
+    adafactor_apply_impl<bf16, bf16>(args);
+}
+extern "C" __global__ void adafactor_apply_f32_bf16(const AdafactorArgs args) {
+    adafactor_apply_impl<float, bf16>(args);
 }
 
 // Layout self-check (see LayoutArgs): sizeof of each struct, in declaration order.

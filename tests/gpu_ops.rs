@@ -723,6 +723,7 @@ fn optimizers<D: KernelDevice>(c: &Case<D>) {
         c.be.adafactor(
             &mut p,
             &c.up(&g),
+            0,
             rows,
             cols,
             AdafactorBufs::Factored {
@@ -749,6 +750,7 @@ fn optimizers<D: KernelDevice>(c: &Case<D>) {
         c.be.adafactor(
             &mut pv,
             &c.up(&gv),
+            0,
             cols,
             1,
             AdafactorBufs::Vector { v: &mut vv },
@@ -771,6 +773,86 @@ fn optimizers<D: KernelDevice>(c: &Case<D>) {
     assert_close(&c.what("adafactor col"), &c.down(&col), &wcol, 1e-4);
     assert_close(&c.what("adafactor vector p"), &c.down(&pv), &wpv, c.tol2);
     assert_close(&c.what("adafactor vector v"), &c.down(&vv), &wvv, 1e-4);
+
+    // A fused parameter: the second checkpoint tensor (rows2 x cols at an element offset)
+    // updated alone, the first left as it was.
+    let rows2 = 5;
+    let fused0 = c.q(&randn(&mut r, (rows + rows2) * cols, 1.0));
+    let gf = c.q(&randn(&mut r, (rows + rows2) * cols, 1.0));
+    let (mut pf, mut row2, mut col2) = (c.up(&fused0), c.be.zeros(rows2), c.be.zeros(cols));
+    let off = rows * cols;
+    let state = AdafactorBufs::Factored {
+        row: &mut row2,
+        col: &mut col2,
+    };
+    c.be.adafactor(&mut pf, &c.up(&gf), off, rows2, cols, state, &hp, 1);
+    let mut want = fused0.clone();
+    let (mut wr2, mut wc2) = (vec![0.0; rows2], vec![0.0; cols]);
+    let st = optim::AdafactorState::Factored {
+        row: &mut wr2,
+        col: &mut wc2,
+    };
+    optim::adafactor_step(&mut want[off..], &gf[off..], rows2, cols, st, &hp, 1);
+    let want = c.q(&want);
+    assert_close(
+        &c.what("adafactor at an offset"),
+        &c.down(&pf),
+        &want,
+        c.tol2,
+    );
+    assert_eq!(
+        c.down(&pf)[..off],
+        fused0[..off],
+        "{}: rows before the offset changed",
+        c.what("adafactor at an offset")
+    );
+
+    // Master weights: f32 parameters of storage-precision gradients (bf16 on a bf16
+    // device), updated in f32 and cast to the storage type for compute.
+    let g1 = c.q(&randn(&mut r, rows * cols, 1.0));
+    let hp_small = optim::AdamW {
+        lr: 1e-5,
+        ..optim::AdamW::default()
+    };
+    let mut master = c.be.upload_f32(&p0);
+    let (mut m1, mut v1) = (c.be.zeros(rows * cols), c.be.zeros(rows * cols));
+    c.be.adamw(&mut master, &c.up(&g1), &mut m1, &mut v1, &hp_small, 1);
+    let (mut wp, mut wm, mut wv) = (p0.clone(), vec![0.0; rows * cols], vec![0.0; rows * cols]);
+    optim::adamw_step(&mut wp, &g1, &mut wm, &mut wv, &hp_small, 1);
+    // The master moves by ~1e-5 (below bf16's resolution at |p| ~ 1) and keeps it.
+    assert_close(&c.what("adamw master"), &c.down(&master), &wp, 1e-6);
+    let moved = c
+        .down(&master)
+        .iter()
+        .zip(&p0)
+        .filter(|(a, b)| a != b)
+        .count();
+    assert!(
+        moved > rows * cols / 2,
+        "{}: only {moved} moved",
+        c.what("adamw master")
+    );
+    let mut compute = c.be.zeros(rows * cols);
+    c.be.cast_from_f32(&mut compute, &master);
+    assert_eq!(c.down(&compute), c.q(&wp), "{}", c.what("cast_from_f32"));
+    let mut masterf = c.be.upload_f32(&p0);
+    let (mut rw, mut cl) = (c.be.zeros(rows), c.be.zeros(cols));
+    let st = AdafactorBufs::Factored {
+        row: &mut rw,
+        col: &mut cl,
+    };
+    let hp_af = optim::Adafactor {
+        lr: 1e-5,
+        ..optim::Adafactor::default()
+    };
+    c.be.adafactor(&mut masterf, &c.up(&g1), 0, rows, cols, st, &hp_af, 1);
+    let (mut wp, mut wr, mut wc) = (p0.clone(), vec![0.0; rows], vec![0.0; cols]);
+    let st = optim::AdafactorState::Factored {
+        row: &mut wr,
+        col: &mut wc,
+    };
+    optim::adafactor_step(&mut wp, &g1, rows, cols, st, &hp_af, 1);
+    assert_close(&c.what("adafactor master"), &c.down(&masterf), &wp, 1e-6);
 }
 op_test!(adamw_adafactor, optimizers);
 

@@ -146,9 +146,15 @@ impl<B: Backend> Subject<B> {
         }
     }
 
-    /// Builds the cache of `prompt.before` if it is missing (no-op for an empty `before`).
+    /// Builds the cache of `prompt.before` if it is missing or was computed from other
+    /// weights (the model was trained since); a no-op for an empty `before`. Returns whether
+    /// it (re)built the cache.
     pub fn ensure_cache(&mut self, model: &Model<B>) -> Result<bool> {
-        if self.cache.is_some() || self.prompt.before.is_empty() {
+        let current = self
+            .cache
+            .as_ref()
+            .is_some_and(|c| model.cache_is_current(c));
+        if current || self.prompt.before.is_empty() {
             return Ok(false);
         }
         self.cache = Some(model.prefix_cache(&self.prompt.before)?);

@@ -12,6 +12,15 @@ pub mod cpu;
 pub mod gpu;
 
 use crate::model::config::{Activation, NormKind};
+pub use cpu::optim::{Adafactor, AdamW};
+
+/// Adafactor second-moment state of one checkpoint tensor (f32 on every backend).
+pub enum AdafactorBufs<'a, T> {
+    /// A [rows, cols] matrix: row [rows] and column [cols] moments.
+    Factored { row: &'a mut T, col: &'a mut T },
+    /// A vector: one moment per element.
+    Vector { v: &'a mut T },
+}
 
 /// Shapes of one attention call.
 #[derive(Clone, Copy, Debug)]
@@ -198,4 +207,51 @@ pub trait Backend: Send + Sync {
         scale: &[f32],
         classes: usize,
     ) -> Vec<f32>;
+
+    /// Sets every element of `buf` to zero (gradient buffers between optimizer steps).
+    fn fill_zero(&self, buf: &mut Self::Buf);
+    /// Whether tensors are stored in f32. When they are not (bf16 on a GPU), training keeps
+    /// f32 master weights and the optimizer updates those.
+    fn stores_f32(&self) -> bool {
+        true
+    }
+    /// A buffer stored in f32 whatever the storage precision: master weights and optimizer
+    /// state.
+    fn upload_f32(&self, data: &[f32]) -> Self::Buf {
+        self.upload(data)
+    }
+    /// dst (storage precision) = src (an f32 buffer from `upload_f32`), rounded.
+    fn cast_from_f32(&self, dst: &mut Self::Buf, src: &Self::Buf) {
+        self.copy(dst, src)
+    }
+
+    /// One AdamW update (`step` from 1) of `p` with gradient `g`; `m`, `v` (f32, from
+    /// `upload_f32` or `zeros`) start at zero. `p` may be an f32 master of a lower-precision
+    /// gradient. Reference: `cpu::optim::adamw_step`.
+    #[allow(clippy::too_many_arguments)]
+    fn adamw(
+        &self,
+        p: &mut Self::Buf,
+        g: &Self::Buf,
+        m: &mut Self::Buf,
+        v: &mut Self::Buf,
+        hp: &AdamW,
+        step: u32,
+    );
+    /// One Adafactor update of the [rows, cols] tensor at element `offset` of `p` and `g`
+    /// (a fused parameter holds several checkpoint tensors, each with its own statistics
+    /// and clip; a vector has cols = 1 and a `Vector` state). Reference:
+    /// `cpu::optim::adafactor_step`.
+    #[allow(clippy::too_many_arguments)]
+    fn adafactor(
+        &self,
+        p: &mut Self::Buf,
+        g: &Self::Buf,
+        offset: usize,
+        rows: usize,
+        cols: usize,
+        state: AdafactorBufs<'_, Self::Buf>,
+        hp: &Adafactor,
+        step: u32,
+    );
 }

@@ -1,3 +1,5 @@
+use super::device::{dispatch, DeviceArgs, OnBackend};
+use armsrace::backend::Backend;
 use armsrace::model::config::ModelConfig;
 use armsrace::presets;
 use armsrace::train::job::{self, DataSpec, Event, Init, JobOptions};
@@ -8,6 +10,10 @@ use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
+    /// Weights, gradients and optimizer state live on this device; with --dtype bf16 the
+    /// optimizer updates f32 master weights, and checkpoints are saved in f32.
+    #[command(flatten)]
+    device: DeviceArgs,
     /// password-match, word-length, spam, imdb, helpful, harmless, or jsonl:PATH.
     #[arg(long)]
     task: String,
@@ -161,7 +167,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             .progress_chars("=> "),
     );
     let mut acc_msg = String::new();
-    let result = job::run(opts, |e| match e {
+    let on = |e: Event<'_>| match e {
         Event::Start {
             total_steps,
             resumed_at,
@@ -186,7 +192,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             }
         }
         Event::Saved { .. } => {}
-    })?;
+    };
+    let result = dispatch(a.device, TrainJob { opts, on })?;
     bar.finish();
     match result {
         Some(acc) => println!(
@@ -197,4 +204,17 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         None => println!("stopped: checkpoint in {}", a.out.display()),
     }
     Ok(())
+}
+
+/// The training job on whichever backend `--device` opened.
+struct TrainJob<F> {
+    opts: JobOptions,
+    on: F,
+}
+
+impl<F: FnMut(Event<'_>)> OnBackend for TrainJob<F> {
+    type Out = Option<f32>;
+    fn run<B: Backend>(self, backend: B) -> anyhow::Result<Option<f32>> {
+        Ok(job::run_on(self.opts, backend, self.on)?)
+    }
 }

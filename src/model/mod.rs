@@ -59,8 +59,19 @@ pub(crate) struct HeadActs<T> {
 
 pub struct Model<B: Backend> {
     pub cfg: ModelConfig,
-    pub weights: Weights<B::Buf>,
+    /// Read through [`Model::weights`]; changed only through [`Model::weights_mut`], which
+    /// gives the weights a new generation (caches built from the old ones become stale).
+    pub(crate) weights: Weights<B::Buf>,
     pub backend: B,
+    generation: u64,
+}
+
+/// Generations of weights, unique across every model of the process: a cache records the
+/// generation it was computed from, so one built by another model, or before a training
+/// step, is recognised as stale.
+fn next_generation() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Rows a loss reads, their target classes and scale, and the sequence each belongs to.
@@ -91,6 +102,7 @@ impl<B: Backend> Model<B> {
             cfg,
             weights,
             backend,
+            generation: next_generation(),
         })
     }
 
@@ -100,6 +112,7 @@ impl<B: Backend> Model<B> {
             cfg,
             weights,
             backend,
+            generation: next_generation(),
         }
     }
 
@@ -113,6 +126,70 @@ impl<B: Backend> Model<B> {
     /// Parameter count as the study counts it: input embeddings in, LM head out.
     pub fn param_count(&self) -> usize {
         param_count(&self.cfg)
+    }
+
+    pub fn weights(&self) -> &Weights<B::Buf> {
+        &self.weights
+    }
+
+    /// The weights for changing (training): they get a new generation, so every cache
+    /// built from the old weights is refused from now on ([`Model::check_cache`]).
+    pub fn weights_mut(&mut self) -> &mut Weights<B::Buf> {
+        self.generation = next_generation();
+        &mut self.weights
+    }
+
+    /// [`Model::weights_mut`] with the backend beside it (to run update ops on them).
+    pub fn backend_and_weights_mut(&mut self) -> (&B, &mut Weights<B::Buf>) {
+        self.generation = next_generation();
+        (&self.backend, &mut self.weights)
+    }
+
+    /// Which weights this model has now (see [`Model::weights_mut`]).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Whether `cache` was computed from this model's current weights.
+    pub fn cache_is_current(&self, cache: &PrefixCache<B::Buf>) -> bool {
+        cache.generation == self.generation
+    }
+
+    /// An error unless `cache` was computed from this model's current weights: a cache from
+    /// before a training step (or from another model) would give silently wrong results.
+    pub fn check_cache(&self, cache: &PrefixCache<B::Buf>) -> Result<()> {
+        if self.cache_is_current(cache) {
+            return Ok(());
+        }
+        Err(Error::input(
+            "stale prefix cache: it was computed from other weights (the model was trained \
+             since, or it belongs to another model); rebuild it",
+        ))
+    }
+
+    /// Zeroed gradient buffers, one per parameter, on the model's backend (for
+    /// [`Model::accumulate_grads`]).
+    pub fn zero_grads(&self) -> Weights<B::Buf> {
+        self.weights
+            .map(&self.cfg, |_, b| self.backend.zeros(self.backend.len(b)))
+    }
+
+    /// A training pass: returns the loss per sequence and adds `scale` x the gradient of
+    /// their sum to `grads` (device buffers from [`Model::zero_grads`]). Nothing but the
+    /// losses leaves the device, so micro-batches accumulate where the weights live.
+    pub fn accumulate_grads(
+        &self,
+        batch: &Batch,
+        objective: &Objective,
+        scale: f32,
+        grads: &mut Weights<B::Buf>,
+    ) -> Result<Vec<f32>> {
+        let req = GradRequest {
+            onehot_rows: None,
+            weights: true,
+        };
+        let out = self.loss_and_grads_on(None, batch, objective, &req, Some((grads, scale)))?;
+        Ok(out.loss_per_seq)
     }
 
     pub fn download_weights(&self) -> Weights<Vec<f32>> {
@@ -133,6 +210,9 @@ impl<B: Backend> Model<B> {
         prefix: Option<&PrefixCache<B::Buf>>,
         keep: bool,
     ) -> Result<Trace<B::Buf>> {
+        if let Some(c) = prefix {
+            self.check_cache(c)?;
+        }
         batch.check_vocab(self.cfg.vocab)?;
         if batch.lens.len() != batch.batch || batch.ids.len() != batch.rows() {
             return Err(Error::input(
@@ -232,6 +312,7 @@ impl<B: Backend> Model<B> {
             len: ids.len(),
             ids: ids.to_vec(),
             layers: trace.qkv_per_layer,
+            generation: self.generation,
         })
     }
 
@@ -346,7 +427,7 @@ impl<B: Backend> Model<B> {
         objective: &Objective,
         req: &GradRequest,
     ) -> Result<LossGrads> {
-        self.loss_and_grads_on(None, batch, objective, req)
+        self.loss_and_grads_on(None, batch, objective, req, None)
     }
 
     /// `loss_and_grads` of continuations of a cached prefix (every sequence of `batch` comes
@@ -365,15 +446,18 @@ impl<B: Backend> Model<B> {
                 "weight gradients through a cached prefix are not supported (run the whole sequence)",
             ));
         }
-        self.loss_and_grads_on(Some(cache), batch, objective, req)
+        self.loss_and_grads_on(Some(cache), batch, objective, req, None)
     }
 
+    /// With `into` (buffers, scale), weight gradients times scale are added to those
+    /// buffers and not downloaded (`weight_grads` and `logits` come back empty).
     fn loss_and_grads_on(
         &self,
         prefix: Option<&PrefixCache<B::Buf>>,
         batch: &Batch,
         objective: &Objective,
         req: &GradRequest,
+        into: Option<(&mut Weights<B::Buf>, f32)>,
     ) -> Result<LossGrads> {
         let lr = self.loss_rows(batch, objective)?;
         if let Some(rows) = &req.onehot_rows {
@@ -396,15 +480,25 @@ impl<B: Backend> Model<B> {
         } = self.head_forward(&trace.x_out, &lr.rows);
         let r = lr.rows.len();
         let mut dlogits = be.zeros(r * c);
-        let losses = be.cross_entropy(&mut dlogits, &logits, &lr.targets, &lr.scale, c);
+        // The loss gradient's scale enters once, at the logits; per-row losses stay unscaled.
+        let (ext, grad_scale) = match into {
+            Some((g, s)) => (Some(g), s),
+            None => (None, 1.0),
+        };
+        let downloaded = ext.is_none();
+        let scale: Vec<f32> = lr.scale.iter().map(|&s| s * grad_scale).collect();
+        let losses = be.cross_entropy(&mut dlogits, &logits, &lr.targets, &scale, c);
         let loss_per_seq = per_sequence(&lr, &losses, batch.batch);
 
-        let mut grads = req
-            .weights
+        let mut own = (req.weights && ext.is_none())
             .then(|| self.weights.map(&self.cfg, |_, b| be.zeros(be.len(b))));
+        let mut grads: Option<&mut Weights<B::Buf>> = match ext {
+            Some(g) => Some(g),
+            None => own.as_mut(),
+        };
         let w = &self.weights;
         let mut dnf = be.zeros(r * h);
-        let dhead = grads.as_mut().map(|g| match g.head.as_mut() {
+        let dhead = grads.as_deref_mut().map(|g| match g.head.as_mut() {
             Some(hd) => hd,
             None => &mut g.embed,
         });
@@ -420,7 +514,7 @@ impl<B: Backend> Model<B> {
             c,
         );
         let mut dxf = be.zeros(r * h);
-        let (gfw, gfb) = match grads.as_mut() {
+        let (gfw, gfb) = match grads.as_deref_mut() {
             Some(g) => (Some(&mut g.final_w), g.final_b.as_mut()),
             None => (None, None),
         };
@@ -447,7 +541,7 @@ impl<B: Backend> Model<B> {
             &batch.lens,
             prefix,
             dx,
-            grads.as_mut(),
+            grads.as_deref_mut(),
         );
 
         let onehot_grad = req.onehot_rows.as_ref().map(|sel| {
@@ -467,16 +561,22 @@ impl<B: Backend> Model<B> {
             );
             be.download(&oh)
         });
-        if let Some(g) = grads.as_mut() {
+        if let Some(g) = grads {
             be.embed_bwd(&mut g.embed, &demb, &batch.ids, h);
         }
         self.backend.check()?;
+        let logits = if downloaded {
+            be.download(&logits)
+        } else {
+            Vec::new()
+        };
+        let weight_grads = own.map(|g| g.map(&self.cfg, |_, b| be.download(b)));
         self.backend.check()?;
         Ok(LossGrads {
             loss_per_seq,
-            logits: be.download(&logits),
+            logits,
             onehot_grad,
-            weight_grads: grads.map(|g| g.map(&self.cfg, |_, b| be.download(b))),
+            weight_grads,
         })
     }
 }

@@ -100,6 +100,7 @@ impl<B: Backend> Model<B> {
                 len: ids.len(),
                 ids: ids.to_vec(),
                 layers: new,
+                generation: self.generation(),
             });
         };
         // Concatenate per layer: old rows then new rows (adding into zeros is exact).
@@ -123,6 +124,7 @@ impl<B: Backend> Model<B> {
             len: old + n,
             ids: all_ids,
             layers,
+            generation: self.generation(),
         })
     }
 
@@ -260,6 +262,7 @@ impl<B: Backend> Model<B> {
         for s in segs {
             s.batch.check_vocab(self.cfg.vocab)?;
             if let Some(p) = &s.prefix {
+                self.check_cache(p.cache)?;
                 if p.cache.layers.len() != self.cfg.layers {
                     return Err(Error::input(format!(
                         "prefix cache has {} layers, the model {}",

@@ -39,6 +39,9 @@ pub struct PrefixCache<Buf> {
     pub len: usize,
     pub ids: Vec<u32>,
     pub layers: Vec<Buf>,
+    /// The model weights' generation it was computed from ([`crate::Model::generation`]):
+    /// using it after the weights changed is an error, never a silently wrong result.
+    pub generation: u64,
 }
 
 pub struct StackInput<'a, Buf> {

@@ -288,6 +288,27 @@ impl<T> Weights<T> {
         }
     }
 
+    pub fn slot_mut(&mut self, s: Slot) -> Option<&mut T> {
+        match s {
+            Slot::Embed => Some(&mut self.embed),
+            Slot::Ln1W(i) => Some(&mut self.layers[i].ln1_w),
+            Slot::Ln1B(i) => self.layers[i].ln1_b.as_mut(),
+            Slot::Ln2W(i) => Some(&mut self.layers[i].ln2_w),
+            Slot::Ln2B(i) => self.layers[i].ln2_b.as_mut(),
+            Slot::QkvW(i) => Some(&mut self.layers[i].qkv_w),
+            Slot::QkvB(i) => self.layers[i].qkv_b.as_mut(),
+            Slot::OW(i) => Some(&mut self.layers[i].o_w),
+            Slot::OB(i) => self.layers[i].o_b.as_mut(),
+            Slot::UpW(i) => Some(&mut self.layers[i].up_w),
+            Slot::UpB(i) => self.layers[i].up_b.as_mut(),
+            Slot::DownW(i) => Some(&mut self.layers[i].down_w),
+            Slot::DownB(i) => self.layers[i].down_b.as_mut(),
+            Slot::FinalW => Some(&mut self.final_w),
+            Slot::FinalB => self.final_b.as_mut(),
+            Slot::Head => self.head.as_mut(),
+        }
+    }
+
     /// Builds a Weights by calling `make` for every spec (absent specs stay None).
     pub fn build(cfg: &ModelConfig, mut make: impl FnMut(&ParamSpec) -> Result<T>) -> Result<Self> {
         let mut slots: Vec<(Slot, T)> = Vec::new();

@@ -4,11 +4,12 @@
 use super::checkpoint::{load_state, save_hf, state_files};
 use super::{accuracy, epoch_batches, LabeledIds, TrainConfig, Trainer};
 use crate::backend::cpu::Cpu;
+use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::model::config::{HeadKind, ModelConfig};
+use crate::model::random_weights;
 use crate::model::safetensors_store::SafetensorsStore;
 use crate::model::weights::{load_spec, Slot, Weights};
-use crate::model::{random_weights, Model};
 use crate::task::{prompt::clean_prompt, Example, Source, Task, TaskDef};
 use crate::tokenize::Tokenizer;
 use serde::{Deserialize, Serialize};
@@ -99,12 +100,21 @@ pub fn tokenize_examples(
         .collect()
 }
 
-/// Loads `dir` as a classifier with `num_labels` classes. A causal-LM checkpoint keeps its
-/// body and gets a fresh `score` head, N(0, 0.02^2) as transformers initialises it.
-pub fn load_as_classifier(dir: &Path, num_labels: usize, seed: u64) -> Result<Model<Cpu>> {
+/// Loads `dir` as a classifier with `num_labels` classes, as f32 host tensors. A causal-LM
+/// checkpoint keeps its body and gets a fresh `score` head, N(0, 0.02^2) as transformers
+/// initialises it.
+pub fn load_as_classifier(
+    dir: &Path,
+    num_labels: usize,
+    seed: u64,
+) -> Result<(ModelConfig, Weights<Vec<f32>>)> {
     let mut cfg = ModelConfig::from_file(&dir.join("config.json"))?;
     match cfg.head {
-        HeadKind::Classifier { num_labels: n } if n == num_labels => return Model::load(dir, Cpu),
+        HeadKind::Classifier { num_labels: n } if n == num_labels => {
+            let store = SafetensorsStore::open_dir(dir)?;
+            let w = Weights::build(&cfg, |spec| load_spec(&store, &cfg, spec))?;
+            return Ok((cfg, w));
+        }
         HeadKind::Classifier { num_labels: n } => {
             return Err(Error::input(format!(
                 "{}: classifier has {n} labels, the task has {num_labels}",
@@ -124,7 +134,7 @@ pub fn load_as_classifier(dir: &Path, num_labels: usize, seed: u64) -> Result<Mo
             load_spec(&store, &cfg, spec)
         }
     })?;
-    Ok(Model::from_host_weights(cfg, &w, Cpu))
+    Ok((cfg, w))
 }
 
 #[derive(Serialize, Deserialize)]
@@ -163,9 +173,22 @@ pub struct JobOptions {
     pub stop_after: Option<u64>,
 }
 
-/// Runs (or resumes) a training job. Returns the final validation accuracy, if any.
-pub fn run(opts: JobOptions, mut on: impl FnMut(Event<'_>)) -> Result<Option<f32>> {
+/// Runs (or resumes) a training job on the CPU. Returns the final validation accuracy.
+pub fn run(opts: JobOptions, on: impl FnMut(Event<'_>)) -> Result<Option<f32>> {
+    run_on(opts, Cpu, on)
+}
+
+/// [`run`] on any backend: weights, gradients and optimizer state live on its device;
+/// checkpoints are written in f32 (the master weights on a bf16 device).
+pub fn run_on<B: Backend>(
+    opts: JobOptions,
+    backend: B,
+    mut on: impl FnMut(Event<'_>),
+) -> Result<Option<f32>> {
     let out = &opts.out;
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    }
     let resuming =
         out.join("trainer_state.json").exists() && out.join("optimizer.safetensors").exists();
     let job_path = out.join("job.json");
@@ -173,12 +196,15 @@ pub fn run(opts: JobOptions, mut on: impl FnMut(Event<'_>)) -> Result<Option<f32
         let text = std::fs::read_to_string(&job_path).map_err(|e| Error::io(&job_path, e))?;
         let job: JobFile =
             serde_json::from_str(&text).map_err(|e| Error::format(&job_path, e.to_string()))?;
-        let model = Model::load(out, Cpu)?;
-        let n = crate::model::weights::param_specs(&model.cfg).len();
+        let model_cfg = ModelConfig::from_file(&out.join("config.json"))?;
+        let store = SafetensorsStore::open_dir(out)?;
+        let w = Weights::build(&model_cfg, |spec| load_spec(&store, &model_cfg, spec))?;
+        drop(store);
+        let n = crate::model::weights::param_specs(&model_cfg).len();
         let (cfg, progress, state) = load_state(out, n)?;
-        let mut t = Trainer::new(model, cfg);
+        let mut t = Trainer::from_host(model_cfg, &w, backend, cfg);
         t.progress = progress;
-        t.state = state;
+        t.set_host_state(&state)?;
         // Keep a copy of the tokenizer outside the directory a save replaces.
         let tok_copy = out.with_extension("tokenizer.json");
         std::fs::copy(out.join("tokenizer.json"), &tok_copy)
@@ -187,7 +213,7 @@ pub fn run(opts: JobOptions, mut on: impl FnMut(Event<'_>)) -> Result<Option<f32
     } else {
         let (def, train_ex, _) = load_data(&opts.data)?;
         let tok_path = out.with_extension("tokenizer.json");
-        let model = match &opts.init {
+        let (model_cfg, w) = match &opts.init {
             Init::From(dir) => {
                 std::fs::copy(dir.join("tokenizer.json"), &tok_path)
                     .map_err(|e| Error::io(dir.join("tokenizer.json"), e))?;
@@ -221,12 +247,13 @@ pub fn run(opts: JobOptions, mut on: impl FnMut(Event<'_>)) -> Result<Option<f32
                     num_labels: def.num_labels(),
                 };
                 cfg.tied_embeddings = false;
-                Model::random(cfg, opts.train.seed, 0.02, Cpu)
+                let w = random_weights(&cfg, opts.train.seed, 0.02);
+                (cfg, w)
             }
         };
         (
             opts.data.clone(),
-            Trainer::new(model, opts.train.clone()),
+            Trainer::from_host(model_cfg, &w, backend, opts.train.clone()),
             tok_path,
         )
     };
@@ -250,7 +277,7 @@ pub fn run(opts: JobOptions, mut on: impl FnMut(Event<'_>)) -> Result<Option<f32
         resumed_at: trainer.progress.step,
     });
 
-    let save = |trainer: &Trainer, completed: bool| -> Result<()> {
+    let save = |trainer: &Trainer<B>, completed: bool| -> Result<()> {
         let mut extra = vec![(
             "job.json",
             serde_json::to_vec_pretty(&JobFile {
@@ -259,14 +286,14 @@ pub fn run(opts: JobOptions, mut on: impl FnMut(Event<'_>)) -> Result<Option<f32
             })
             .expect("json"),
         )];
-        let files = state_files(&trainer.cfg, &trainer.progress, &trainer.state)?;
+        let files = state_files(&trainer.cfg, &trainer.progress, &trainer.host_state())?;
         for (name, bytes) in files {
             // A finished run keeps its history but not the optimizer moments.
             if !(completed && name == "optimizer.safetensors") {
                 extra.push((name, bytes));
             }
         }
-        let w = trainer.model.download_weights();
+        let w = trainer.host_weights();
         save_hf(
             out,
             &trainer.model.cfg,
@@ -284,7 +311,7 @@ pub fn run(opts: JobOptions, mut on: impl FnMut(Event<'_>)) -> Result<Option<f32
         while trainer.progress.batch_in_epoch < batches.len() {
             let start = trainer.progress.batch_in_epoch;
             let end = (start + cfg.grad_accum).min(batches.len());
-            let loss = trainer.step(&train, &batches[start..end], total)?;
+            let loss = trainer.step(&train, &batches[start..end], total)?.loss;
             trainer.progress.batch_in_epoch = end;
             steps_here += 1;
             on(Event::Step {

@@ -8,11 +8,11 @@ pub mod checkpoint;
 pub mod job;
 pub mod optim;
 
-use crate::backend::cpu::Cpu;
+use crate::backend::{AdafactorBufs, Backend};
 use crate::error::{Error, Result};
 use crate::model::batch::Batch;
-use crate::model::weights::{param_specs, ParamSpec};
-use crate::model::{GradRequest, Model, Objective};
+use crate::model::weights::{param_specs, ParamSpec, Weights};
+use crate::model::{Model, Objective};
 use optim::{OptimizerKind, TensorState};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -72,15 +72,45 @@ pub struct Progress {
     pub val_accuracy: Vec<f32>,
 }
 
-pub struct Trainer {
-    pub model: Model<Cpu>,
+/// A training run's model and optimizer on one backend. Weights, gradients and optimizer
+/// state live on the backend's device: a step uploads token ids and downloads the losses,
+/// nothing else. When the backend stores tensors below f32 (bf16 on a GPU), the optimizer
+/// updates f32 master weights and the model's weights are their rounded copies, so steps
+/// smaller than bf16's resolution (lr 1e-5) still accumulate.
+pub struct Trainer<B: Backend> {
+    pub model: Model<B>,
     pub cfg: TrainConfig,
     pub specs: Vec<ParamSpec>,
-    pub state: Vec<TensorState>,
+    state: Vec<DeviceState<B::Buf>>,
+    /// f32 master weights (only when the backend does not store f32).
+    master: Option<Weights<B::Buf>>,
+    /// Gradient accumulators, zeroed at the start of every step.
+    grads: Weights<B::Buf>,
     pub progress: Progress,
     pad: u32,
 }
 
+/// Optimizer state of one parameter on the device: AdamW's moments, or Adafactor's
+/// statistics per checkpoint piece.
+struct DeviceState<T> {
+    m: Option<T>,
+    v: Option<T>,
+    pieces: Vec<PieceState<T>>,
+}
+
+enum PieceState<T> {
+    Factored { row: T, col: T },
+    Vector { v: T },
+}
+
+/// What one optimizer step did.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepOut {
+    /// Mean loss over the step's examples.
+    pub loss: f32,
+    /// Each example's loss, in the order of the micro-batches' indices.
+    pub per_example: Vec<f32>,
+}
 /// Shuffles (seeded by epoch) and packs examples into micro-batches under the token budget.
 pub fn epoch_batches(data: &[LabeledIds], cfg: &TrainConfig, epoch: usize) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (0..data.len()).collect();
@@ -108,16 +138,45 @@ pub fn epoch_batches(data: &[LabeledIds], cfg: &TrainConfig, epoch: usize) -> Ve
     batches
 }
 
-impl Trainer {
-    pub fn new(model: Model<Cpu>, cfg: TrainConfig) -> Self {
+impl<B: Backend> Trainer<B> {
+    /// A trainer for `model`; with a lower-precision backend the master weights start from
+    /// the model's (already rounded) weights: use [`Trainer::from_host`] to keep a
+    /// checkpoint's f32 values.
+    pub fn new(model: Model<B>, cfg: TrainConfig) -> Self {
+        let master = (!model.backend.stores_f32()).then(|| model.download_weights());
+        Self::build(model, master, cfg)
+    }
+
+    /// A trainer for f32 weights `w` at `model_cfg`, loaded onto `backend` (exact master
+    /// weights on a lower-precision backend).
+    pub fn from_host(
+        model_cfg: crate::model::config::ModelConfig,
+        w: &Weights<Vec<f32>>,
+        backend: B,
+        cfg: TrainConfig,
+    ) -> Self {
+        let master = (!backend.stores_f32()).then(|| w.clone());
+        let model = Model::from_host_weights(model_cfg, w, backend);
+        Self::build(model, master, cfg)
+    }
+
+    fn build(model: Model<B>, master: Option<Weights<Vec<f32>>>, cfg: TrainConfig) -> Self {
         let specs = param_specs(&model.cfg);
-        let state = vec![TensorState::default(); specs.len()];
+        let be = &model.backend;
+        let master = master.map(|w| w.map(&model.cfg, |_, v| be.upload_f32(v)));
+        let grads = model.zero_grads();
+        let state = specs
+            .iter()
+            .map(|s| fresh_state(be, cfg.optimizer, s))
+            .collect();
         let pad = model.cfg.pad_token_id.unwrap_or(0);
         Trainer {
             model,
             cfg,
             specs,
             state,
+            master,
+            grads,
             progress: Progress::default(),
             pad,
         }
@@ -144,91 +203,266 @@ impl Trainer {
         Ok((Batch::from_sequences(&seqs, self.pad)?, labels))
     }
 
-    /// Runs one optimizer step over `micro` micro-batches; returns the mean loss.
+    /// Runs one optimizer step over `micro` micro-batches (indices into `data`): the mean
+    /// loss over their examples is what the gradient is of.
     pub fn step(
         &mut self,
         data: &[LabeledIds],
         micro: &[Vec<usize>],
         total_steps: u64,
-    ) -> Result<f32> {
+    ) -> Result<StepOut> {
         let n_examples: usize = micro.iter().map(Vec::len).sum();
-        let mut acc: Option<Vec<Vec<f32>>> = None;
-        let mut loss_sum = 0.0f64;
-        let req = GradRequest {
-            onehot_rows: None,
-            weights: true,
-        };
+        if n_examples == 0 {
+            return Err(Error::input("optimizer step with no examples"));
+        }
+        let be = &self.model.backend;
+        for spec in &self.specs {
+            be.fill_zero(self.grads.slot_mut(spec.slot).expect("own spec"));
+        }
+        // Mean loss over the step's examples: the loss gradient is scaled at its source.
+        let inv = 1.0 / n_examples as f32;
+        let mut per_example = Vec::with_capacity(n_examples);
         for idx in micro {
             let (batch, labels) = self.batch_of(data, idx)?;
-            let out = self
-                .model
-                .loss_and_grads(&batch, &Objective::Classify { labels }, &req)?;
-            loss_sum += out.loss_per_seq.iter().map(|&l| l as f64).sum::<f64>();
+            let losses = self.model.accumulate_grads(
+                &batch,
+                &Objective::Classify { labels },
+                inv,
+                &mut self.grads,
+            )?;
+            per_example.extend_from_slice(&losses);
             self.progress.tokens_seen += batch.rows() as u64;
             self.progress.nominal_flops +=
                 crate::flops::nominal_train(self.model.param_count(), batch.rows());
-            let g = out.weight_grads.expect("weight grads requested");
-            let flat: Vec<Vec<f32>> = self
-                .specs
-                .iter()
-                .map(|s| g.slot(s.slot).unwrap().clone())
-                .collect();
-            acc = Some(match acc {
-                None => flat,
-                Some(mut a) => {
-                    for (x, y) in a.iter_mut().zip(&flat) {
-                        crate::backend::cpu::norm::add_into(x, y);
-                    }
-                    a
-                }
-            });
         }
-        let grads = acc.ok_or_else(|| Error::input("optimizer step with no examples"))?;
         self.progress.step += 1;
         let (t, lr) = (
-            self.progress.step,
+            self.progress.step as u32,
             self.lr_at(self.progress.step - 1, total_steps),
         );
-        // Mean loss over the examples of the step: scale the summed gradients.
-        let inv = 1.0 / n_examples as f32;
         let kind = self.cfg.optimizer;
+        let (be, weights) = self.model.backend_and_weights_mut();
         for (i, spec) in self.specs.iter().enumerate() {
-            let g: Vec<f32> = grads[i].iter().map(|&x| x * inv).collect();
-            let rows: Vec<usize> = spec.pieces.iter().map(|p| p.1).collect();
-            let p = weight_mut(&mut self.model, spec);
-            optim::step(kind, &mut self.state[i], p, &g, lr, t, &rows, spec.cols);
+            let g = self.grads.slot(spec.slot).expect("own spec");
+            let w = weights.slot_mut(spec.slot).expect("own spec");
+            match self.master.as_mut() {
+                Some(m) => {
+                    let p = m.slot_mut(spec.slot).expect("own spec");
+                    optimizer_step(be, kind, &mut self.state[i], p, g, lr, t, spec);
+                    be.cast_from_f32(w, p);
+                }
+                None => optimizer_step(be, kind, &mut self.state[i], w, g, lr, t, spec),
+            }
         }
-        let loss = (loss_sum / n_examples as f64) as f32;
+        self.model.backend.check()?;
+        let loss = (per_example.iter().map(|&l| l as f64).sum::<f64>() / n_examples as f64) as f32;
         self.progress.last_loss = loss;
-        Ok(loss)
+        Ok(StepOut { loss, per_example })
+    }
+
+    /// The gradients the last step applied (the mean over its examples), as host tensors.
+    pub fn last_grads(&self) -> Weights<Vec<f32>> {
+        let be = &self.model.backend;
+        self.grads.map(&self.model.cfg, |_, b| be.download(b))
+    }
+
+    /// The weights as f32 host tensors: the master weights where they exist (what a
+    /// checkpoint saves, so a resume continues exactly).
+    pub fn host_weights(&self) -> Weights<Vec<f32>> {
+        let be = &self.model.backend;
+        match &self.master {
+            Some(m) => m.map(&self.model.cfg, |_, b| be.download(b)),
+            None => self.model.download_weights(),
+        }
+    }
+
+    /// The optimizer state as host tensors (for checkpoints).
+    pub fn host_state(&self) -> Vec<TensorState> {
+        let be = &self.model.backend;
+        self.state
+            .iter()
+            .map(|st| {
+                let mut out = TensorState::default();
+                if let Some(m) = &st.m {
+                    out.m = be.download(m);
+                }
+                if let Some(v) = &st.v {
+                    out.v = be.download(v);
+                }
+                for p in &st.pieces {
+                    match p {
+                        PieceState::Factored { row, col } => {
+                            out.row.push(be.download(row));
+                            out.col.push(be.download(col));
+                        }
+                        PieceState::Vector { v } => out.v.extend(be.download(v)),
+                    }
+                }
+                out
+            })
+            .collect()
+    }
+
+    /// Restores optimizer state saved by [`Trainer::host_state`] (empty tensors: zeros).
+    pub fn set_host_state(&mut self, host: &[TensorState]) -> Result<()> {
+        if host.len() != self.specs.len() {
+            return Err(Error::input(format!(
+                "optimizer state has {} tensors, the model {}",
+                host.len(),
+                self.specs.len()
+            )));
+        }
+        let be = &self.model.backend;
+        for ((st, h), spec) in self.state.iter_mut().zip(host).zip(&self.specs) {
+            let bad = |what: &str| {
+                Error::input(format!(
+                    "optimizer state of {}: {what} does not match the tensor",
+                    spec.pieces[0].0
+                ))
+            };
+            let put = |dst: &mut B::Buf, src: &[f32]| -> Result<()> {
+                if src.is_empty() {
+                    return Ok(());
+                }
+                if src.len() != be.len(dst) {
+                    return Err(bad("a length"));
+                }
+                *dst = be.upload_f32(src);
+                Ok(())
+            };
+            if let Some(m) = st.m.as_mut() {
+                put(m, &h.m)?;
+            }
+            if let Some(v) = st.v.as_mut() {
+                put(v, &h.v)?;
+            }
+            let mut at = 0;
+            for (pi, p) in st.pieces.iter_mut().enumerate() {
+                match p {
+                    PieceState::Factored { row, col } => {
+                        if !h.row.is_empty() {
+                            put(row, h.row.get(pi).ok_or_else(|| bad("row statistics"))?)?;
+                            put(col, h.col.get(pi).ok_or_else(|| bad("column statistics"))?)?;
+                        }
+                    }
+                    PieceState::Vector { v } => {
+                        let n = be.len(v);
+                        if !h.v.is_empty() {
+                            let src = h.v.get(at..at + n).ok_or_else(|| bad("the moments"))?;
+                            put(v, src)?;
+                        }
+                        at += n;
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 }
 
-fn weight_mut<'a>(model: &'a mut Model<Cpu>, spec: &ParamSpec) -> &'a mut Vec<f32> {
-    use crate::model::weights::Slot::*;
-    let w = &mut model.weights;
-    match spec.slot {
-        Embed => &mut w.embed,
-        Ln1W(i) => &mut w.layers[i].ln1_w,
-        Ln1B(i) => w.layers[i].ln1_b.as_mut().unwrap(),
-        Ln2W(i) => &mut w.layers[i].ln2_w,
-        Ln2B(i) => w.layers[i].ln2_b.as_mut().unwrap(),
-        QkvW(i) => &mut w.layers[i].qkv_w,
-        QkvB(i) => w.layers[i].qkv_b.as_mut().unwrap(),
-        OW(i) => &mut w.layers[i].o_w,
-        OB(i) => w.layers[i].o_b.as_mut().unwrap(),
-        UpW(i) => &mut w.layers[i].up_w,
-        UpB(i) => w.layers[i].up_b.as_mut().unwrap(),
-        DownW(i) => &mut w.layers[i].down_w,
-        DownB(i) => w.layers[i].down_b.as_mut().unwrap(),
-        FinalW => &mut w.final_w,
-        FinalB => w.final_b.as_mut().unwrap(),
-        Head => w.head.as_mut().unwrap(),
+/// Zeroed optimizer state for one parameter.
+fn fresh_state<B: Backend>(be: &B, kind: OptimizerKind, spec: &ParamSpec) -> DeviceState<B::Buf> {
+    let f32_zeros = |n: usize| be.upload_f32(&vec![0.0; n]);
+    match kind {
+        OptimizerKind::AdamW { .. } => DeviceState {
+            m: Some(f32_zeros(spec.numel())),
+            v: Some(f32_zeros(spec.numel())),
+            pieces: Vec::new(),
+        },
+        OptimizerKind::Adafactor { .. } => DeviceState {
+            m: None,
+            v: None,
+            pieces: spec
+                .pieces
+                .iter()
+                .map(|(_, rows)| {
+                    if spec.cols > 1 {
+                        PieceState::Factored {
+                            row: f32_zeros(*rows),
+                            col: f32_zeros(spec.cols),
+                        }
+                    } else {
+                        PieceState::Vector {
+                            v: f32_zeros(*rows),
+                        }
+                    }
+                })
+                .collect(),
+        },
+    }
+}
+
+/// One optimizer update of parameter `p` (its checkpoint pieces each with their own
+/// Adafactor statistics and clip) through the backend's optimizer ops.
+#[allow(clippy::too_many_arguments)]
+fn optimizer_step<B: Backend>(
+    be: &B,
+    kind: OptimizerKind,
+    st: &mut DeviceState<B::Buf>,
+    p: &mut B::Buf,
+    g: &B::Buf,
+    lr: f32,
+    t: u32,
+    spec: &ParamSpec,
+) {
+    match kind {
+        OptimizerKind::AdamW {
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+        } => {
+            let hp = crate::backend::AdamW {
+                lr,
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+            };
+            let (m, v) = (st.m.as_mut(), st.v.as_mut());
+            be.adamw(
+                p,
+                g,
+                m.expect("adamw state"),
+                v.expect("adamw state"),
+                &hp,
+                t,
+            );
+        }
+        OptimizerKind::Adafactor {
+            eps1,
+            eps2: _,
+            clip_threshold,
+            decay_rate,
+            weight_decay,
+        } => {
+            // eps2 only scales the relative step size, which this configuration disables.
+            let hp = crate::backend::Adafactor {
+                lr,
+                eps1,
+                clip_threshold,
+                decay_rate,
+                weight_decay,
+            };
+            let mut r0 = 0;
+            for (piece, (_, rows)) in st.pieces.iter_mut().zip(&spec.pieces) {
+                let state = match piece {
+                    PieceState::Factored { row, col } => AdafactorBufs::Factored { row, col },
+                    PieceState::Vector { v } => AdafactorBufs::Vector { v },
+                };
+                be.adafactor(p, g, r0 * spec.cols, *rows, spec.cols, state, &hp, t);
+                r0 += rows;
+            }
+        }
     }
 }
 
 /// Accuracy of a classifier on labelled examples (batched by the same token budget).
-pub fn accuracy(model: &Model<Cpu>, data: &[LabeledIds], batch_tokens: usize) -> Result<f32> {
+pub fn accuracy<B: Backend>(
+    model: &Model<B>,
+    data: &[LabeledIds],
+    batch_tokens: usize,
+) -> Result<f32> {
     let n_labels = model
         .cfg
         .num_labels()

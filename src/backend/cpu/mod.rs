@@ -250,4 +250,46 @@ impl Backend for Cpu {
     ) -> Vec<f32> {
         loss::cross_entropy(dlogits, logits, targets, scale, classes)
     }
+
+    fn fill_zero(&self, buf: &mut Vec<f32>) {
+        buf.fill(0.0);
+    }
+
+    fn adamw(
+        &self,
+        p: &mut Vec<f32>,
+        g: &Vec<f32>,
+        m: &mut Vec<f32>,
+        v: &mut Vec<f32>,
+        hp: &super::AdamW,
+        step: u32,
+    ) {
+        optim::adamw_step(p, g, m, v, hp, step);
+    }
+
+    fn adafactor(
+        &self,
+        p: &mut Vec<f32>,
+        g: &Vec<f32>,
+        offset: usize,
+        rows: usize,
+        cols: usize,
+        state: super::AdafactorBufs<'_, Vec<f32>>,
+        hp: &super::Adafactor,
+        step: u32,
+    ) {
+        let span = offset..offset + rows * cols;
+        let (p, g) = (&mut p[span.clone()], &g[span]);
+        match state {
+            super::AdafactorBufs::Factored { row, col } => {
+                let st = optim::AdafactorState::Factored { row, col };
+                optim::adafactor_step(p, g, rows, cols, st, hp, step)
+            }
+            // The reference takes a vector as one row.
+            super::AdafactorBufs::Vector { v } => {
+                let st = optim::AdafactorState::Vector { v };
+                optim::adafactor_step(p, g, 1, rows * cols, st, hp, step)
+            }
+        }
+    }
 }

@@ -984,6 +984,72 @@ impl<D: KernelDevice> Backend for GpuBackend<D> {
         self.elementwise("add_assign", acc, x, None);
     }
 
+    fn fill_zero(&self, buf: &mut GpuBuf<D>) {
+        if self.skip(&[buf]) {
+            return;
+        }
+        if let Some(m) = &buf.mem {
+            if let Err(e) = self.inner.dev.memset_zero(m) {
+                self.inner.fail(e);
+            }
+        }
+    }
+
+    fn stores_f32(&self) -> bool {
+        self.precision == Precision::F32
+    }
+
+    fn upload_f32(&self, data: &[f32]) -> GpuBuf<D> {
+        self.upload_f32_exact(data)
+    }
+
+    fn cast_from_f32(&self, dst: &mut GpuBuf<D>, src: &GpuBuf<D>) {
+        match (dst.dtype, src.dtype) {
+            (DType::Bf16, DType::F32) => {
+                if self.reject(dst.len != src.len, || {
+                    format!("cast_from_f32: {} vs {} elements", dst.len, src.len)
+                }) || self.skip(&[dst, src])
+                {
+                    return;
+                }
+                let args = EwArgs {
+                    out: dst.addr(),
+                    a: src.addr(),
+                    b: 0,
+                    n: dst.len as u64,
+                };
+                self.launch("cast_f32_bf16", Self::grid_1d(dst.len), THREADS, 0, &args);
+            }
+            _ => self.elementwise("copy", dst, src, None),
+        }
+    }
+
+    fn adamw(
+        &self,
+        p: &mut GpuBuf<D>,
+        g: &GpuBuf<D>,
+        m: &mut GpuBuf<D>,
+        v: &mut GpuBuf<D>,
+        hp: &crate::backend::AdamW,
+        step: u32,
+    ) {
+        self.adamw_step(p, g, m, v, hp, step);
+    }
+
+    fn adafactor(
+        &self,
+        p: &mut GpuBuf<D>,
+        g: &GpuBuf<D>,
+        offset: usize,
+        rows: usize,
+        cols: usize,
+        state: crate::backend::AdafactorBufs<'_, GpuBuf<D>>,
+        hp: &crate::backend::Adafactor,
+        step: u32,
+    ) {
+        self.adafactor_step(p, g, offset, rows, cols, state, hp, step);
+    }
+
     fn cross_entropy(
         &self,
         dlogits: &mut GpuBuf<D>,

@@ -14,15 +14,7 @@ use crate::error::{Error, Result};
 
 /// Adafactor state buffers of one parameter on the device (f32; a buffer of another type is
 /// replaced by a zeroed f32 one, which is how a fresh `zeros` buffer starts).
-pub enum AdafactorBufs<'a, D: KernelDevice> {
-    Factored {
-        row: &'a mut GpuBuf<D>,
-        col: &'a mut GpuBuf<D>,
-    },
-    Vector {
-        v: &'a mut GpuBuf<D>,
-    },
-}
+pub type AdafactorBufs<'a, D> = crate::backend::AdafactorBufs<'a, GpuBuf<D>>;
 
 impl<D: KernelDevice> GpuBackend<D> {
     fn ensure_f32_zeroed(&self, buf: &mut GpuBuf<D>) {
@@ -298,8 +290,23 @@ impl<D: KernelDevice> GpuBackend<D> {
         Ok((losses, b[0] as usize))
     }
 
+    /// `{op}_{param}_{grad}` for an f32 master parameter of a bf16 gradient, else
+    /// `{op}_{dtype}` (both of one type).
+    fn kname_mixed(op: &str, param: DType, grad: DType) -> String {
+        match (param, grad) {
+            (DType::F32, DType::Bf16) => format!("{op}_f32_bf16"),
+            _ => Self::kname_of(op, grad),
+        }
+    }
+
+    /// The parameter and gradient types an optimizer kernel exists for: both the same, or
+    /// an f32 master parameter of a bf16 gradient.
+    fn optim_types_ok(p: DType, g: DType) -> bool {
+        p == g || (p == DType::F32 && g == DType::Bf16)
+    }
+
     /// One AdamW step (`step` from 1); m and v are f32 state (reference: cpu::optim::adamw_step).
-    pub fn adamw(
+    pub(crate) fn adamw_step(
         &self,
         p: &mut GpuBuf<D>,
         g: &GpuBuf<D>,
@@ -312,8 +319,11 @@ impl<D: KernelDevice> GpuBackend<D> {
         self.ensure_f32_zeroed(v);
         if self.reject(p.len != g.len || m.len != p.len || v.len != p.len, || {
             "adamw: length mismatch".into()
-        }) || self.reject(p.dtype != g.dtype, || {
-            "adamw: param and grad types differ".into()
+        }) || self.reject(!Self::optim_types_ok(p.dtype, g.dtype), || {
+            format!(
+                "adamw: no kernel for {:?} parameters of {:?} gradients",
+                p.dtype, g.dtype
+            )
         }) || self.skip(&[p, g, m, v])
         {
             return;
@@ -335,7 +345,7 @@ impl<D: KernelDevice> GpuBackend<D> {
             _pad: 0,
         };
         self.launch(
-            &Self::kname_of("adamw", p.dtype),
+            &Self::kname_mixed("adamw", p.dtype, g.dtype),
             Self::grid_1d(p.len),
             THREADS,
             0,
@@ -343,13 +353,14 @@ impl<D: KernelDevice> GpuBackend<D> {
         );
     }
 
-    /// One Adafactor step (`step` from 1) on `p` [rows, cols] (reference:
-    /// cpu::optim::adafactor_step).
+    /// One Adafactor step (`step` from 1) on the [rows, cols] tensor at element `offset` of
+    /// `p` and `g` (reference: cpu::optim::adafactor_step).
     #[allow(clippy::too_many_arguments)]
-    pub fn adafactor(
+    pub(crate) fn adafactor_step(
         &self,
         p: &mut GpuBuf<D>,
         g: &GpuBuf<D>,
+        offset: usize,
         rows: usize,
         cols: usize,
         state: AdafactorBufs<'_, D>,
@@ -357,9 +368,18 @@ impl<D: KernelDevice> GpuBackend<D> {
         step: u32,
     ) {
         let n = rows * cols;
-        if self.reject(p.len != n || g.len != n || p.dtype != g.dtype, || {
-            format!("adafactor: param/grad must both be {rows} x {cols} of one type")
-        }) || n == 0
+        let end = offset.checked_add(n);
+        if self.reject(
+            end.is_none_or(|e| e > p.len || p.len != g.len)
+                || !Self::optim_types_ok(p.dtype, g.dtype),
+            || {
+                format!(
+                    "adafactor: a {rows} x {cols} tensor at {offset} of {:?} parameters ({}) \
+                     and {:?} gradients ({})",
+                    p.dtype, p.len, g.dtype, g.len
+                )
+            },
+        ) || n == 0
         {
             return;
         }
@@ -390,8 +410,8 @@ impl<D: KernelDevice> GpuBackend<D> {
             return;
         }
         let args = AdafactorArgs {
-            param: p.addr(),
-            grad: g.addr(),
+            param: p.addr() + (offset * p.dtype.size()) as u64,
+            grad: g.addr() + (offset * g.dtype.size()) as u64,
             row,
             col,
             v,
@@ -410,7 +430,7 @@ impl<D: KernelDevice> GpuBackend<D> {
             clip: hp.clip_threshold,
             _pad: 0,
         };
-        let dt = p.dtype;
+        let dt = g.dtype;
         if factored {
             self.launch(
                 &Self::kname_of("adafactor_row", dt),
@@ -452,7 +472,7 @@ impl<D: KernelDevice> GpuBackend<D> {
             &args,
         );
         self.launch(
-            &Self::kname_of("adafactor_apply", dt),
+            &Self::kname_mixed("adafactor_apply", p.dtype, dt),
             grid,
             THREADS,
             0,
