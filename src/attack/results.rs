@@ -215,29 +215,36 @@ pub fn prepare_dir(dir: &Path, config: &serde_json::Value, overwrite: bool) -> R
             }
         }
     }
-    let resumed = match std::fs::read_to_string(&cfg_path) {
+    let existed = settings_file(&cfg_path, config)?;
+    Ok(existed && dir.join(RESULTS_FILE).exists())
+}
+
+/// The settings file of a resumable run: written if missing, else compared with `config`,
+/// and a difference is an error naming the first differing field. Returns whether it
+/// existed (a run is being resumed).
+pub fn settings_file(path: &Path, config: &serde_json::Value) -> Result<bool> {
+    match std::fs::read_to_string(path) {
         Ok(raw) => {
             let old: serde_json::Value = serde_json::from_str(&raw)
-                .map_err(|e| Error::format(&cfg_path, format!("not valid JSON: {e}")))?;
+                .map_err(|e| Error::format(path, format!("not valid JSON: {e}")))?;
             if let Some(field) = first_difference(&old, config, "") {
                 return Err(Error::format(
-                    &cfg_path,
+                    path,
                     format!(
                         "the results here come from different settings (`{field}` differs); \
                          pass --overwrite to start over or choose another --out"
                     ),
                 ));
             }
-            dir.join(RESULTS_FILE).exists()
+            Ok(true)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let text = serde_json::to_string_pretty(config).expect("plain data");
-            std::fs::write(&cfg_path, text).map_err(|e| Error::io(&cfg_path, e))?;
-            false
+            std::fs::write(path, text).map_err(|e| Error::io(path, e))?;
+            Ok(false)
         }
-        Err(e) => return Err(Error::io(&cfg_path, e)),
-    };
-    Ok(resumed)
+        Err(e) => Err(Error::io(path, e)),
+    }
 }
 
 /// Dotted path of the first field where `a` and `b` differ.

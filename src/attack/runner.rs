@@ -23,6 +23,9 @@ pub struct RunOptions {
     /// Stop right after computing this iteration, as if the process were killed (tests
     /// of resume; no summary is written).
     pub stop_after: Option<usize>,
+    /// Attack examples whose goal already holds before the attack too (adversarial
+    /// training attacks every example it draws); they count as broken from iteration 1.
+    pub attack_misclassified: bool,
 }
 
 /// Where the run stands, after each unit.
@@ -81,7 +84,7 @@ pub fn run<B: Backend>(
         let lines = match log.replay(&keys) {
             Some(l) => l,
             None => {
-                let l = clean_lines(v, group)?;
+                let l = clean_lines(v, group, opts.attack_misclassified)?;
                 log.append(&l)?;
                 l
             }
@@ -91,6 +94,7 @@ pub fn run<B: Backend>(
                 unreachable!("keys matched")
             };
             tracks[base + i].attacked = !c.skipped;
+            tracks[base + i].clean_success = c.clean_success;
             p.attacked += usize::from(!c.skipped);
             if c.skipped {
                 p.done = p.done.saturating_add(opts.budget.iterations);
@@ -220,7 +224,11 @@ pub fn run<B: Backend>(
 }
 
 /// Clean classification (or target check) of a group: who is attacked.
-fn clean_lines<B: Backend>(v: &Victim<B>, group: &[Subject<B>]) -> Result<Vec<Line>> {
+fn clean_lines<B: Backend>(
+    v: &Victim<B>,
+    group: &[Subject<B>],
+    attack_misclassified: bool,
+) -> Result<Vec<Line>> {
     let width = v.width();
     for s in group {
         s.goal.validate(width)?;
@@ -269,7 +277,7 @@ fn clean_lines<B: Backend>(v: &Victim<B>, group: &[Subject<B>]) -> Result<Vec<Li
                 tokens: s.clean_ids.len(),
                 clean_loss: loss,
                 clean_success: success,
-                skipped: success,
+                skipped: success && !attack_misclassified,
             }));
         }
         i = j;

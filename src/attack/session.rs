@@ -40,6 +40,23 @@ impl AttackSpec {
         }
     }
 
+    /// The same attack with another seed (adversarial training gives each round its own).
+    pub fn with_seed(&self, seed: u64) -> Self {
+        let mut a = self.clone();
+        match &mut a {
+            AttackSpec::Gcg(c) => c.seed = seed,
+            AttackSpec::RandomToken(c) => c.seed = seed,
+        }
+        a
+    }
+
+    pub fn seed(&self) -> u64 {
+        match self {
+            AttackSpec::Gcg(c) => c.seed,
+            AttackSpec::RandomToken(c) => c.seed,
+        }
+    }
+
     fn filter(&self) -> bool {
         match self {
             AttackSpec::Gcg(c) => c.filter,
@@ -156,11 +173,59 @@ pub fn run_plan_on<B: Backend>(
 ) -> Result<RunOutput> {
     let model = Model::load(&plan.model, backend)?;
     let tok = Tokenizer::from_file(&plan.model.join("tokenizer.json"))?;
+    let task = Task::from_name(&plan.task)?;
+    let examples = load_examples(&task, plan.data.as_deref(), plan.examples, plan.data_seed)?;
+    let target = Target {
+        model: &model,
+        tok: &tok,
+        label: plan.model.display().to_string(),
+    };
+    let opts = ExampleRun {
+        out,
+        overwrite,
+        stop_after,
+        attack_misclassified: false,
+    };
+    Ok(attack_examples(plan, &target, &examples, &opts, progress)?.0)
+}
+
+/// A model in memory with its tokenizer, under a name for the results.
+pub struct Target<'a, B: Backend> {
+    pub model: &'a Model<B>,
+    pub tok: &'a Tokenizer,
+    /// What the summary calls the model (its directory).
+    pub label: String,
+}
+
+/// Where and how [`attack_examples`] writes.
+pub struct ExampleRun<'a> {
+    pub out: &'a Path,
+    /// Delete earlier results in `out` instead of resuming.
+    pub overwrite: bool,
+    /// Stop after this iteration as if killed (tests of resume).
+    pub stop_after: Option<usize>,
+    /// Attack examples the model already gets wrong too (adversarial training attacks
+    /// every example it draws; an evaluation attacks only correct ones).
+    pub attack_misclassified: bool,
+}
+
+/// Attacks `examples` of `plan.task` with `plan`'s attack on a model in memory (the model
+/// and example fields of `plan` are only recorded): the part of a run after loading, shared
+/// by `attack`, adversarial training and evaluation. Returns the run and its subjects, whose
+/// states hold each example's final attack.
+pub fn attack_examples<B: Backend>(
+    plan: &Plan,
+    t: &Target<'_, B>,
+    examples: &[Example],
+    run_opts: &ExampleRun<'_>,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<(RunOutput, Vec<Subject<B>>)> {
+    let (model, tok) = (t.model, t.tok);
     let spec = match (model.cfg.head, &plan.target) {
         (HeadKind::Classifier { .. }, Some(_)) => {
             return Err(Error::input(format!(
                 "{}: a target string needs a causal-LM checkpoint; this one is a classifier",
-                plan.model.display()
+                t.label
             )))
         }
         (HeadKind::Classifier { .. }, None) => GoalSpec::Classify,
@@ -171,41 +236,40 @@ pub fn run_plan_on<B: Backend>(
         if num_labels != n {
             return Err(Error::input(format!(
                 "{}: the classifier has {num_labels} labels, task `{}` has {n}",
-                plan.model.display(),
-                plan.task
+                t.label, plan.task
             )));
         }
     }
-    let examples = load_examples(&task, plan.data.as_deref(), plan.examples, plan.data_seed)?;
     let threat = ThreatModel::parse(&plan.threat)?;
-    let init = initial_attack(&tok, &plan.init, plan.attack_tokens)?;
+    let init = initial_attack(tok, &plan.init, plan.attack_tokens)?;
     let mut subjects: Vec<Subject<B>> = build_subjects(
-        &tok,
+        tok,
         &task.def,
-        &examples,
+        examples,
         &threat,
         plan.data_seed,
         &spec,
         &init,
         plan.attack.filter(),
     )?;
-    let vocab = Vocab::from_tokenizer(&tok, model.cfg.vocab, plan.ascii_only)?;
+    let vocab = Vocab::from_tokenizer(tok, model.cfg.vocab, plan.ascii_only)?;
     let victim = Victim {
-        model: &model,
-        tok: Some(&tok),
+        model,
+        tok: Some(tok),
         vocab: &vocab,
         fast: plan.fast,
         rows_cap: Default::default(),
     };
+    let out = run_opts.out;
     let config = serde_json::to_value(plan).map_err(|e| Error::Other(e.to_string()))?;
-    prepare_dir(out, &config, overwrite)?;
+    prepare_dir(out, &config, run_opts.overwrite)?;
     let mut log = ResultsLog::open(&out.join(RESULTS_FILE))?;
     let attack = plan.attack.build::<B>();
     let n_params = model.param_count();
     let info = RunInfo {
         attack: attack.name().into(),
         task: plan.task.clone(),
-        model: plan.model.display().to_string(),
+        model: t.label.clone(),
         threat: threat.to_string(),
         n_params,
         pretraining_flops: pretraining_flops(&model.cfg, n_params),
@@ -213,7 +277,8 @@ pub fn run_plan_on<B: Backend>(
     let opts = RunOptions {
         budget: plan.budget,
         group_size: plan.group_size,
-        stop_after,
+        stop_after: run_opts.stop_after,
+        attack_misclassified: run_opts.attack_misclassified,
     };
     let res = run(
         attack.as_ref(),
@@ -229,5 +294,5 @@ pub fn run_plan_on<B: Backend>(
         let text = serde_json::to_string_pretty(&res.summary).expect("plain data");
         std::fs::write(&p, text).map_err(|e| Error::io(&p, e))?;
     }
-    Ok(res)
+    Ok((res, subjects))
 }

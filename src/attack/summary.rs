@@ -12,6 +12,8 @@ pub const ASR_LEVELS: [f64; 3] = [0.01, 0.02, 0.05];
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ExampleTrack {
     pub attacked: bool,
+    /// The goal held before the attack (misclassified clean prompt).
+    pub clean_success: bool,
     pub iterations: usize,
     /// First iteration after which the example was broken.
     pub broken_at: Option<usize>,
@@ -38,6 +40,10 @@ pub struct Summary {
     pub examples: usize,
     pub attacked: usize,
     pub skipped: usize,
+    /// Attacked examples whose goal already held before the attack (only when
+    /// misclassified examples are attacked too, as adversarial training does).
+    #[serde(default)]
+    pub attacked_already_successful: usize,
     /// Most iterations any example ran.
     pub iterations: usize,
     /// asr[i]: fraction of attacked examples broken after i iterations (asr[0] = 0).
@@ -115,6 +121,7 @@ pub fn summarize(info: RunInfo, tracks: &[ExampleTrack], units: &[(f64, usize)])
         examples: tracks.len(),
         attacked: n,
         skipped: tracks.len() - n,
+        attacked_already_successful: attacked.iter().filter(|t| t.clean_success).count(),
         iterations,
         final_asr: *asr.last().unwrap_or(&0.0),
         asr,

@@ -27,42 +27,19 @@ enum VocabChoice {
     All,
 }
 
-#[derive(clap::Args)]
-pub struct Args {
-    /// Checkpoint directory (a classifier, or a causal LM for a target string).
-    #[arg(long, default_value = DEFAULT_MODEL)]
-    model: PathBuf,
-    /// password-match, word-length, spam, imdb, helpful, harmless or jsonl:PATH.
-    #[arg(long, default_value = "password-match")]
-    task: String,
-    /// JSONL examples for dataset tasks ({"text": ..., "label": 0|1} per line).
-    #[arg(long)]
-    data: Option<PathBuf>,
-    #[arg(long, default_value_t = 20)]
-    examples: usize,
-    /// Seed of the synthetic validation examples.
-    #[arg(long, default_value_t = 0)]
-    data_seed: u64,
+/// How examples are attacked: the attack, its settings and the threat model. Shared by
+/// `attack`, `adv-train` (each round's attack) and `eval` (the evaluation attack), so the
+/// three read the same flags into the same engine.
+#[derive(clap::Args, Clone, Debug)]
+pub struct AttackOpts {
     #[arg(long, value_enum, default_value = "gcg")]
     attack: Kind,
     /// suffix, prefix, infix:F or infix:FMIN-FMAX (0 < F < 1).
     #[arg(long, default_value = "suffix")]
     threat: String,
-    /// Iterations per example (default: 10 for gcg, 1280 for random-token, as the study).
-    #[arg(long)]
-    iterations: Option<usize>,
-    /// Nominal FLOPs per example; no iteration starts that could exceed it.
-    #[arg(long)]
-    flop_budget: Option<f64>,
+    /// Seed of the attack's random choices.
     #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Results directory (default: runs/attack-<task>-<attack>-seed<seed>). Re-running
-    /// with the same settings resumes.
-    #[arg(long)]
-    out: Option<PathBuf>,
-    /// Delete earlier results in --out instead of resuming.
-    #[arg(long)]
-    overwrite: bool,
+    pub seed: u64,
     #[arg(long, default_value_t = 10)]
     attack_tokens: usize,
     /// Text the attack tokens start from.
@@ -92,17 +69,9 @@ pub struct Args {
     /// Do not drop candidates that fail the retokenization check.
     #[arg(long)]
     no_filter: bool,
-    /// Causal LMs: the target string (default: the wrong label's name).
-    #[arg(long)]
-    target: Option<String>,
     /// Examples attacked together (one batched gradient pass).
     #[arg(long, default_value_t = 20)]
     group_size: usize,
-    #[command(flatten)]
-    device: DeviceArgs,
-    /// Stop after this iteration as if killed (tests of resume).
-    #[arg(long, hide = true)]
-    stop_after: Option<usize>,
     /// Switch off fast paths (same results, slower): prefix cache, grouped reuse, shortcut.
     #[arg(long, hide = true)]
     no_prefix_cache: bool,
@@ -112,81 +81,184 @@ pub struct Args {
     no_shortcut: bool,
 }
 
-fn plan(a: &Args) -> anyhow::Result<Plan> {
-    ThreatModel::parse(&a.threat)?;
-    let loss = match a.mellowmax {
-        Some(alpha) if alpha > 0.0 && alpha.is_finite() => LossKind::Mellowmax { alpha },
-        Some(alpha) => anyhow::bail!("--mellowmax: alpha must be positive, got {alpha}"),
-        None => LossKind::CrossEntropy,
-    };
-    for (name, v) in [
-        ("--examples", a.examples),
-        ("--attack-tokens", a.attack_tokens),
-        ("--search-width", a.search_width),
-        ("--topk", a.topk),
-        ("--group-size", a.group_size),
-    ] {
-        if v == 0 {
-            anyhow::bail!("{name} must be at least 1");
+/// What [`AttackOpts`] decide of a plan.
+pub struct AttackChoice {
+    pub attack: AttackSpec,
+    pub attack_tokens: usize,
+    pub init: String,
+    pub ascii_only: bool,
+    pub group_size: usize,
+    pub fast: FastPaths,
+    pub threat: String,
+    /// The study's iterations for this attack (gcg 10, random-token 1280).
+    pub default_iterations: usize,
+    /// "gcg" or "random-token", for folder names.
+    pub name: &'static str,
+}
+
+impl AttackOpts {
+    pub fn choice(&self) -> anyhow::Result<AttackChoice> {
+        ThreatModel::parse(&self.threat)?;
+        let loss = match self.mellowmax {
+            Some(alpha) if alpha > 0.0 && alpha.is_finite() => LossKind::Mellowmax { alpha },
+            Some(alpha) => anyhow::bail!("--mellowmax: alpha must be positive, got {alpha}"),
+            None => LossKind::CrossEntropy,
+        };
+        for (name, v) in [
+            ("--attack-tokens", self.attack_tokens),
+            ("--search-width", self.search_width),
+            ("--topk", self.topk),
+            ("--group-size", self.group_size),
+        ] {
+            if v == 0 {
+                anyhow::bail!("{name} must be at least 1");
+            }
+        }
+        if self.n_replace == 0 || self.n_replace > self.attack_tokens {
+            anyhow::bail!(
+                "--n-replace must be in 1..={} (--attack-tokens)",
+                self.attack_tokens
+            );
+        }
+        let (attack, iterations, vocab, name) = match self.attack {
+            Kind::Gcg => (
+                AttackSpec::Gcg(GcgConfig {
+                    search_width: self.search_width,
+                    topk: self.topk,
+                    n_replace: self.n_replace,
+                    buffer_size: self.buffer_size,
+                    loss,
+                    early_stop: self.early_stop,
+                    filter: !self.no_filter,
+                    seed: self.seed,
+                }),
+                10,
+                VocabChoice::Ascii,
+                "gcg",
+            ),
+            Kind::RandomToken => (
+                AttackSpec::RandomToken(RandomTokenConfig {
+                    filter: !self.no_filter,
+                    loss,
+                    seed: self.seed,
+                }),
+                1280,
+                VocabChoice::All,
+                "random-token",
+            ),
+        };
+        Ok(AttackChoice {
+            attack,
+            attack_tokens: self.attack_tokens,
+            init: self.init.clone(),
+            ascii_only: self.vocab.unwrap_or(vocab) == VocabChoice::Ascii,
+            group_size: self.group_size,
+            fast: FastPaths {
+                prefix_cache: !self.no_prefix_cache,
+                group_reuse: !self.no_group_reuse,
+                shortcut: !self.no_shortcut,
+            },
+            threat: self.threat.clone(),
+            default_iterations: iterations,
+            name,
+        })
+    }
+}
+
+impl AttackChoice {
+    /// A plan attacking `examples` of `task` on `model` with this attack.
+    #[allow(clippy::too_many_arguments)]
+    pub fn plan(
+        self,
+        model: PathBuf,
+        task: String,
+        data: Option<PathBuf>,
+        examples: usize,
+        data_seed: u64,
+        target: Option<String>,
+        budget: Budget,
+    ) -> Plan {
+        Plan {
+            model,
+            task,
+            data,
+            examples,
+            data_seed,
+            threat: self.threat,
+            attack: self.attack,
+            attack_tokens: self.attack_tokens,
+            init: self.init,
+            ascii_only: self.ascii_only,
+            target,
+            budget,
+            group_size: self.group_size,
+            fast: self.fast,
         }
     }
-    if a.n_replace == 0 || a.n_replace > a.attack_tokens {
-        anyhow::bail!(
-            "--n-replace must be in 1..={} (--attack-tokens)",
-            a.attack_tokens
-        );
+}
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Checkpoint directory (a classifier, or a causal LM for a target string).
+    #[arg(long, default_value = DEFAULT_MODEL)]
+    model: PathBuf,
+    /// password-match, word-length, spam, imdb, helpful, harmless or jsonl:PATH.
+    #[arg(long, default_value = "password-match")]
+    task: String,
+    /// JSONL examples for dataset tasks ({"text": ..., "label": 0|1} per line).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    #[arg(long, default_value_t = 20)]
+    examples: usize,
+    /// Seed of the synthetic validation examples.
+    #[arg(long, default_value_t = 0)]
+    data_seed: u64,
+    /// Iterations per example (default: 10 for gcg, 1280 for random-token, as the study).
+    #[arg(long)]
+    iterations: Option<usize>,
+    /// Nominal FLOPs per example; no iteration starts that could exceed it.
+    #[arg(long)]
+    flop_budget: Option<f64>,
+    /// Results directory (default: runs/attack-<task>-<attack>-seed<seed>). Re-running
+    /// with the same settings resumes.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Delete earlier results in --out instead of resuming.
+    #[arg(long)]
+    overwrite: bool,
+    /// Causal LMs: the target string (default: the wrong label's name).
+    #[arg(long)]
+    target: Option<String>,
+    #[command(flatten)]
+    opts: AttackOpts,
+    #[command(flatten)]
+    device: DeviceArgs,
+    /// Stop after this iteration as if killed (tests of resume).
+    #[arg(long, hide = true)]
+    stop_after: Option<usize>,
+}
+
+fn plan(a: &Args) -> anyhow::Result<Plan> {
+    if a.examples == 0 {
+        anyhow::bail!("--examples must be at least 1");
     }
     if a.flop_budget.is_some_and(|f| f.is_nan() || f <= 0.0) {
         anyhow::bail!("--flop-budget must be a positive number of FLOPs");
     }
-    let (attack, iterations, vocab) = match a.attack {
-        Kind::Gcg => (
-            AttackSpec::Gcg(GcgConfig {
-                search_width: a.search_width,
-                topk: a.topk,
-                n_replace: a.n_replace,
-                buffer_size: a.buffer_size,
-                loss,
-                early_stop: a.early_stop,
-                filter: !a.no_filter,
-                seed: a.seed,
-            }),
-            10,
-            VocabChoice::Ascii,
-        ),
-        Kind::RandomToken => (
-            AttackSpec::RandomToken(RandomTokenConfig {
-                filter: !a.no_filter,
-                loss,
-                seed: a.seed,
-            }),
-            1280,
-            VocabChoice::All,
-        ),
+    let choice = a.opts.choice()?;
+    let budget = Budget {
+        iterations: a.iterations.unwrap_or(choice.default_iterations),
+        flops: a.flop_budget,
     };
-    Ok(Plan {
-        model: a.model.clone(),
-        task: a.task.clone(),
-        data: a.data.clone(),
-        examples: a.examples,
-        data_seed: a.data_seed,
-        threat: a.threat.clone(),
-        attack,
-        attack_tokens: a.attack_tokens,
-        init: a.init.clone(),
-        ascii_only: a.vocab.unwrap_or(vocab) == VocabChoice::Ascii,
-        target: a.target.clone(),
-        budget: Budget {
-            iterations: a.iterations.unwrap_or(iterations),
-            flops: a.flop_budget,
-        },
-        group_size: a.group_size,
-        fast: FastPaths {
-            prefix_cache: !a.no_prefix_cache,
-            group_reuse: !a.no_group_reuse,
-            shortcut: !a.no_shortcut,
-        },
-    })
+    Ok(choice.plan(
+        a.model.clone(),
+        a.task.clone(),
+        a.data.clone(),
+        a.examples,
+        a.data_seed,
+        a.target.clone(),
+        budget,
+    ))
 }
 
 fn default_out(a: &Args) -> PathBuf {
@@ -195,11 +267,11 @@ fn default_out(a: &Args) -> PathBuf {
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
         .collect();
-    let attack = match a.attack {
+    let attack = match a.opts.attack {
         Kind::Gcg => "gcg",
         Kind::RandomToken => "random-token",
     };
-    PathBuf::from(format!("runs/attack-{task}-{attack}-seed{}", a.seed))
+    PathBuf::from(format!("runs/attack-{task}-{attack}-seed{}", a.opts.seed))
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
@@ -262,7 +334,7 @@ struct Job<'a> {
 
 impl OnBackend for Job<'_> {
     type Out = RunOutput;
-    fn run<B: Backend>(self, backend: B) -> anyhow::Result<RunOutput> {
+    fn run<B: Backend + Clone>(self, backend: B) -> anyhow::Result<RunOutput> {
         let (plan, out) = (self.plan, self.out);
         Ok(run_plan_on(
             plan,
@@ -275,7 +347,7 @@ impl OnBackend for Job<'_> {
     }
 }
 
-fn print_summary(s: &Summary, out: &std::path::Path) {
+pub fn print_summary(s: &Summary, out: &std::path::Path) {
     println!(
         "{} on {} (N = {:.2}M), task {}, {}: {} examples, {} attacked, {} skipped \
          (misclassified before the attack)",

@@ -70,7 +70,7 @@ struct Classify<'a>(&'a Args);
 
 impl OnBackend for Classify<'_> {
     type Out = ();
-    fn run<B: Backend>(self, backend: B) -> anyhow::Result<()> {
+    fn run<B: Backend + Clone>(self, backend: B) -> anyhow::Result<()> {
         classify(self.0, backend)
     }
 }

@@ -37,7 +37,7 @@ pub struct DeviceArgs {
 /// A command body generic over the backend.
 pub trait OnBackend {
     type Out;
-    fn run<B: Backend>(self, backend: B) -> anyhow::Result<Self::Out>;
+    fn run<B: Backend + Clone>(self, backend: B) -> anyhow::Result<Self::Out>;
 }
 
 /// Opens the backend `d` names and runs `job` on it; a missing GPU, driver or CUDA build

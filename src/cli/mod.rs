@@ -1,5 +1,6 @@
 //! Subcommands, one file each.
 
+mod adv_train;
 mod attack;
 mod bench;
 mod classify;
@@ -33,6 +34,11 @@ enum Command {
     Train(train::Args),
     /// Attack a classifier (GCG or random tokens); resumable results and a summary.
     Attack(attack::Args),
+    /// Adversarial training as the study ran it: attack, pool, train, per round, with
+    /// defense compute counted and a checkpoint per round.
+    AdvTrain(adv_train::Args),
+    /// Evaluate an adv-train run: a fixed attack against chosen rounds' checkpoints.
+    Eval(adv_train::EvalArgs),
     /// Throughput of forward, one-hot gradient and candidate scoring at a preset's shapes.
     Bench(bench::Args),
 }
@@ -50,6 +56,8 @@ pub fn run() -> anyhow::Result<()> {
         Command::Attack(a) => attack::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Train(a) => train::run(a),
+        Command::AdvTrain(a) => adv_train::run(a),
+        Command::Eval(a) => adv_train::eval(a),
     }
 }
 

@@ -214,7 +214,7 @@ struct TrainJob<F> {
 
 impl<F: FnMut(Event<'_>)> OnBackend for TrainJob<F> {
     type Out = Option<f32>;
-    fn run<B: Backend>(self, backend: B) -> anyhow::Result<Option<f32>> {
+    fn run<B: Backend + Clone>(self, backend: B) -> anyhow::Result<Option<f32>> {
         Ok(job::run_on(self.opts, backend, self.on)?)
     }
 }

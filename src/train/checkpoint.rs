@@ -115,13 +115,38 @@ pub fn save_hf(
     labels: Option<&[String]>,
     extra: &[(&str, Vec<u8>)],
 ) -> Result<()> {
-    let parent = dir.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(io(parent))?;
     let tmp = dir.with_extension("tmp");
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+    write_hf_dir(&tmp, cfg, w, tokenizer_json, labels, extra)?;
+    if dir.exists() {
+        let old = dir.with_extension("old");
+        if old.exists() {
+            std::fs::remove_dir_all(&old).map_err(io(&old))?;
+        }
+        std::fs::rename(dir, &old).map_err(io(dir))?;
+        std::fs::rename(&tmp, dir).map_err(io(dir))?;
+        std::fs::remove_dir_all(&old).map_err(io(&old))?;
+    } else {
+        std::fs::rename(&tmp, dir).map_err(io(dir))?;
     }
-    std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    Ok(())
+}
+
+/// Writes a checkpoint's files into `tmp` (created afresh; what [`save_hf`] renames into
+/// place once every file is written).
+pub fn write_hf_dir(
+    tmp: &Path,
+    cfg: &ModelConfig,
+    w: &Weights<Vec<f32>>,
+    tokenizer_json: &Path,
+    labels: Option<&[String]>,
+    extra: &[(&str, Vec<u8>)],
+) -> Result<()> {
+    let parent = tmp.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(io(parent))?;
+    if tmp.exists() {
+        std::fs::remove_dir_all(tmp).map_err(io(tmp))?;
+    }
+    std::fs::create_dir_all(tmp).map_err(io(tmp))?;
     let mut tensors = BTreeMap::new();
     for spec in param_specs(cfg) {
         let data = w.slot(spec.slot).expect("weights match their config");
@@ -133,21 +158,10 @@ pub fn save_hf(
     meta.insert("format".to_string(), "pt".to_string());
     write_safetensors(&tmp.join("model.safetensors"), &tensors, Some(meta))?;
     let cfg_text = serde_json::to_string_pretty(&config_json(cfg, labels)).expect("json");
-    std::fs::write(tmp.join("config.json"), cfg_text).map_err(io(&tmp))?;
+    std::fs::write(tmp.join("config.json"), cfg_text).map_err(io(tmp))?;
     std::fs::copy(tokenizer_json, tmp.join("tokenizer.json")).map_err(io(tokenizer_json))?;
     for (name, bytes) in extra {
-        std::fs::write(tmp.join(name), bytes).map_err(io(&tmp))?;
-    }
-    if dir.exists() {
-        let old = dir.with_extension("old");
-        if old.exists() {
-            std::fs::remove_dir_all(&old).map_err(io(&old))?;
-        }
-        std::fs::rename(dir, &old).map_err(io(dir))?;
-        std::fs::rename(&tmp, dir).map_err(io(dir))?;
-        std::fs::remove_dir_all(&old).map_err(io(&old))?;
-    } else {
-        std::fs::rename(&tmp, dir).map_err(io(dir))?;
+        std::fs::write(tmp.join(name), bytes).map_err(io(tmp))?;
     }
     Ok(())
 }

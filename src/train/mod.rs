@@ -2,6 +2,7 @@
 //! gradient accumulation, a learning-rate schedule, AdamW or Adafactor, validation accuracy,
 //! and a resumable state. Deterministic for a seed.
 
+pub mod adversarial;
 pub mod augment;
 pub mod bpe;
 pub mod checkpoint;
@@ -18,7 +19,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
     pub epochs: usize,
     pub lr: f32,
@@ -68,6 +69,9 @@ pub struct Progress {
     pub step: u64,
     pub tokens_seen: u64,
     pub nominal_flops: f64,
+    /// FLOPs the steps executed (GEMMs and attention, forward and full backward).
+    #[serde(default)]
+    pub executed_flops: f64,
     pub last_loss: f32,
     pub val_accuracy: Vec<f32>,
 }
@@ -234,6 +238,9 @@ impl<B: Backend> Trainer<B> {
             self.progress.tokens_seen += batch.rows() as u64;
             self.progress.nominal_flops +=
                 crate::flops::nominal_train(self.model.param_count(), batch.rows());
+            let (cfg, b, seq) = (&self.model.cfg, batch.batch, batch.seq);
+            self.progress.executed_flops += crate::flops::executed_forward(cfg, b, seq, 0, b)
+                + crate::flops::executed_backward(cfg, b, seq, b, true, 0);
         }
         self.progress.step += 1;
         let (t, lr) = (
