@@ -227,7 +227,11 @@ pub fn settings_file(path: &Path, config: &serde_json::Value) -> Result<bool> {
         Ok(raw) => {
             let old: serde_json::Value = serde_json::from_str(&raw)
                 .map_err(|e| Error::format(path, format!("not valid JSON: {e}")))?;
-            if let Some(field) = first_difference(&old, config, "") {
+            // Compare what the file would hold: both sides through the same text, so a
+            // float's last digit cannot differ between the value and its reading.
+            let text = serde_json::to_string_pretty(config).expect("plain data");
+            let config: serde_json::Value = serde_json::from_str(&text).expect("own JSON");
+            if let Some(field) = first_difference(&old, &config, "") {
                 return Err(Error::format(
                     path,
                     format!(
