@@ -14,7 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUNDLE=gpu-bundle
-TESTS=(gpu_ops gpu_model gpu_oom)
+TESTS=(gpu_ops gpu_model gpu_oom train_backends)
 MAX_MIB=${ARMSRACE_BUNDLE_MAX_MIB:-60}
 
 test_args=()

@@ -27,7 +27,7 @@ status=ok
 step() { echo "== $*" | tee -a "$LOG"; }
 # Test binaries read tests/fixtures from here (tests/common/mod.rs).
 export ARMSRACE_ROOT=$PWD
-TESTS=(gpu_ops gpu_model gpu_oom)
+TESTS=(gpu_ops gpu_model gpu_oom train_backends)
 ITERS=${ARMSRACE_BENCH_ITERS:-3}
 TEST_TIMEOUT=${ARMSRACE_TEST_TIMEOUT:-300}
 BENCH_TIMEOUT=${ARMSRACE_BENCH_TIMEOUT:-240}
@@ -105,7 +105,7 @@ if [ "$status" = ok ]; then
     [ "$rc" = 0 ] || tests_rc=$rc
   done
   step "benchmarks (armsrace bench --device cuda)"
-  timeout "$BENCH_TIMEOUT" "$ARMSRACE" bench --device cuda --iters "$ITERS" --json "$OUTDIR/gpu-bench.json" \
+  timeout "$BENCH_TIMEOUT" "$ARMSRACE" bench --device cuda --train adafactor --iters "$ITERS" --json "$OUTDIR/gpu-bench.json" \
     >>"$LOG" 2>&1
   bench_rc=$?
 fi

@@ -152,8 +152,8 @@ pub fn run<B: Backend>(model: &Model<B>, o: &BenchOptions) -> Result<Vec<BenchRe
 /// One optimizer step of classifier training (forward, backward to every weight, optimizer
 /// update) on `batch` random sequences of `seq` tokens with random labels. Nominal FLOPs
 /// follow the study's 6 N per token; executed counts the GEMMs and attention that ran.
-pub fn run_train(
-    model: crate::Model<crate::Cpu>,
+pub fn run_train<B: crate::backend::Backend>(
+    model: crate::Model<B>,
     optimizer: crate::train::optim::OptimizerKind,
     o: &BenchOptions,
 ) -> Result<BenchResult> {

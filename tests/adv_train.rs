@@ -395,8 +395,7 @@ fn a_stale_prefix_cache_is_refused_and_subjects_rebuild_theirs() {
     let err = trainer
         .model
         .logits_with_prefix(s.cache().unwrap(), &tail)
-        .err()
-        .expect("a stale cache must be refused")
+        .expect_err("a stale cache must be refused")
         .to_string();
     assert!(err.contains("stale prefix cache"), "{err}");
     // A cache of another model is refused too.

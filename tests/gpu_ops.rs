@@ -921,7 +921,8 @@ fn gpu_benchmarks() {
             .ok()
             .and_then(|s| s.parse().ok())
             .unwrap_or(3);
-        let report = bench::run_cuda(bench::PRESETS, iters).expect("benchmarks ran");
+        let adafactor = Some(armsrace::train::optim::OptimizerKind::adafactor());
+        let report = bench::run_cuda(bench::PRESETS, iters, adafactor).expect("benchmarks ran");
         let json = serde_json::to_string_pretty(&report).unwrap();
         println!("{json}");
         if let Ok(path) = std::env::var("ARMSRACE_BENCH_JSON") {

@@ -9,12 +9,12 @@ pub mod checkpoint;
 pub mod job;
 pub mod optim;
 
-use crate::backend::{AdafactorBufs, Backend};
+use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::model::batch::Batch;
 use crate::model::weights::{param_specs, ParamSpec, Weights};
 use crate::model::{Model, Objective};
-use optim::{OptimizerKind, TensorState};
+use optim::{OptState, OptimizerKind, TensorState};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
@@ -85,26 +85,13 @@ pub struct Trainer<B: Backend> {
     pub model: Model<B>,
     pub cfg: TrainConfig,
     pub specs: Vec<ParamSpec>,
-    state: Vec<DeviceState<B::Buf>>,
+    state: Vec<OptState<B::Buf>>,
     /// f32 master weights (only when the backend does not store f32).
     master: Option<Weights<B::Buf>>,
     /// Gradient accumulators, zeroed at the start of every step.
     grads: Weights<B::Buf>,
     pub progress: Progress,
     pad: u32,
-}
-
-/// Optimizer state of one parameter on the device: AdamW's moments, or Adafactor's
-/// statistics per checkpoint piece.
-struct DeviceState<T> {
-    m: Option<T>,
-    v: Option<T>,
-    pieces: Vec<PieceState<T>>,
-}
-
-enum PieceState<T> {
-    Factored { row: T, col: T },
-    Vector { v: T },
 }
 
 /// What one optimizer step did.
@@ -171,7 +158,7 @@ impl<B: Backend> Trainer<B> {
         let grads = model.zero_grads();
         let state = specs
             .iter()
-            .map(|s| fresh_state(be, cfg.optimizer, s))
+            .map(|s| OptState::zeros(be, cfg.optimizer, &piece_rows(s), s.cols))
             .collect();
         let pad = model.cfg.pad_token_id.unwrap_or(0);
         Trainer {
@@ -252,13 +239,14 @@ impl<B: Backend> Trainer<B> {
         for (i, spec) in self.specs.iter().enumerate() {
             let g = self.grads.slot(spec.slot).expect("own spec");
             let w = weights.slot_mut(spec.slot).expect("own spec");
+            let (st, rows) = (&mut self.state[i], piece_rows(spec));
             match self.master.as_mut() {
                 Some(m) => {
                     let p = m.slot_mut(spec.slot).expect("own spec");
-                    optimizer_step(be, kind, &mut self.state[i], p, g, lr, t, spec);
+                    st.step(be, kind, p, g, lr, t, &rows, spec.cols);
                     be.cast_from_f32(w, p);
                 }
-                None => optimizer_step(be, kind, &mut self.state[i], w, g, lr, t, spec),
+                None => st.step(be, kind, w, g, lr, t, &rows, spec.cols),
             }
         }
         self.model.backend.check()?;
@@ -286,28 +274,7 @@ impl<B: Backend> Trainer<B> {
     /// The optimizer state as host tensors (for checkpoints).
     pub fn host_state(&self) -> Vec<TensorState> {
         let be = &self.model.backend;
-        self.state
-            .iter()
-            .map(|st| {
-                let mut out = TensorState::default();
-                if let Some(m) = &st.m {
-                    out.m = be.download(m);
-                }
-                if let Some(v) = &st.v {
-                    out.v = be.download(v);
-                }
-                for p in &st.pieces {
-                    match p {
-                        PieceState::Factored { row, col } => {
-                            out.row.push(be.download(row));
-                            out.col.push(be.download(col));
-                        }
-                        PieceState::Vector { v } => out.v.extend(be.download(v)),
-                    }
-                }
-                out
-            })
-            .collect()
+        self.state.iter().map(|st| st.to_host(be)).collect()
     }
 
     /// Restores optimizer state saved by [`Trainer::host_state`] (empty tensors: zeros).
@@ -319,149 +286,18 @@ impl<B: Backend> Trainer<B> {
                 self.specs.len()
             )));
         }
-        let be = &self.model.backend;
+        let (be, kind) = (&self.model.backend, self.cfg.optimizer);
         for ((st, h), spec) in self.state.iter_mut().zip(host).zip(&self.specs) {
-            let bad = |what: &str| {
-                Error::input(format!(
-                    "optimizer state of {}: {what} does not match the tensor",
-                    spec.pieces[0].0
-                ))
-            };
-            let put = |dst: &mut B::Buf, src: &[f32]| -> Result<()> {
-                if src.is_empty() {
-                    return Ok(());
-                }
-                if src.len() != be.len(dst) {
-                    return Err(bad("a length"));
-                }
-                *dst = be.upload_f32(src);
-                Ok(())
-            };
-            if let Some(m) = st.m.as_mut() {
-                put(m, &h.m)?;
-            }
-            if let Some(v) = st.v.as_mut() {
-                put(v, &h.v)?;
-            }
-            let mut at = 0;
-            for (pi, p) in st.pieces.iter_mut().enumerate() {
-                match p {
-                    PieceState::Factored { row, col } => {
-                        if !h.row.is_empty() {
-                            put(row, h.row.get(pi).ok_or_else(|| bad("row statistics"))?)?;
-                            put(col, h.col.get(pi).ok_or_else(|| bad("column statistics"))?)?;
-                        }
-                    }
-                    PieceState::Vector { v } => {
-                        let n = be.len(v);
-                        if !h.v.is_empty() {
-                            let src = h.v.get(at..at + n).ok_or_else(|| bad("the moments"))?;
-                            put(v, src)?;
-                        }
-                        at += n;
-                    }
-                }
-            }
+            *st = OptState::from_host(be, kind, h, &piece_rows(spec), spec.cols)
+                .map_err(|e| Error::input(format!("{}: {e}", spec.pieces[0].0)))?;
         }
         Ok(())
     }
 }
 
-/// Zeroed optimizer state for one parameter.
-fn fresh_state<B: Backend>(be: &B, kind: OptimizerKind, spec: &ParamSpec) -> DeviceState<B::Buf> {
-    let f32_zeros = |n: usize| be.upload_f32(&vec![0.0; n]);
-    match kind {
-        OptimizerKind::AdamW { .. } => DeviceState {
-            m: Some(f32_zeros(spec.numel())),
-            v: Some(f32_zeros(spec.numel())),
-            pieces: Vec::new(),
-        },
-        OptimizerKind::Adafactor { .. } => DeviceState {
-            m: None,
-            v: None,
-            pieces: spec
-                .pieces
-                .iter()
-                .map(|(_, rows)| {
-                    if spec.cols > 1 {
-                        PieceState::Factored {
-                            row: f32_zeros(*rows),
-                            col: f32_zeros(spec.cols),
-                        }
-                    } else {
-                        PieceState::Vector {
-                            v: f32_zeros(*rows),
-                        }
-                    }
-                })
-                .collect(),
-        },
-    }
-}
-
-/// One optimizer update of parameter `p` (its checkpoint pieces each with their own
-/// Adafactor statistics and clip) through the backend's optimizer ops.
-#[allow(clippy::too_many_arguments)]
-fn optimizer_step<B: Backend>(
-    be: &B,
-    kind: OptimizerKind,
-    st: &mut DeviceState<B::Buf>,
-    p: &mut B::Buf,
-    g: &B::Buf,
-    lr: f32,
-    t: u32,
-    spec: &ParamSpec,
-) {
-    match kind {
-        OptimizerKind::AdamW {
-            beta1,
-            beta2,
-            eps,
-            weight_decay,
-        } => {
-            let hp = crate::backend::AdamW {
-                lr,
-                beta1,
-                beta2,
-                eps,
-                weight_decay,
-            };
-            let (m, v) = (st.m.as_mut(), st.v.as_mut());
-            be.adamw(
-                p,
-                g,
-                m.expect("adamw state"),
-                v.expect("adamw state"),
-                &hp,
-                t,
-            );
-        }
-        OptimizerKind::Adafactor {
-            eps1,
-            eps2: _,
-            clip_threshold,
-            decay_rate,
-            weight_decay,
-        } => {
-            // eps2 only scales the relative step size, which this configuration disables.
-            let hp = crate::backend::Adafactor {
-                lr,
-                eps1,
-                clip_threshold,
-                decay_rate,
-                weight_decay,
-            };
-            let mut r0 = 0;
-            for (piece, (_, rows)) in st.pieces.iter_mut().zip(&spec.pieces) {
-                let state = match piece {
-                    PieceState::Factored { row, col } => AdafactorBufs::Factored { row, col },
-                    PieceState::Vector { v } => AdafactorBufs::Vector { v },
-                };
-                be.adafactor(p, g, r0 * spec.cols, *rows, spec.cols, state, &hp, t);
-                r0 += rows;
-            }
-        }
-    }
+/// A parameter's checkpoint pieces (row counts), as its optimizer state is laid out.
+fn piece_rows(spec: &ParamSpec) -> Vec<usize> {
+    spec.pieces.iter().map(|p| p.1).collect()
 }
 
 /// Accuracy of a classifier on labelled examples (batched by the same token budget).

@@ -94,11 +94,17 @@ pub fn attention_tflops<D: KernelDevice>(
     Ok((secs, flops / secs / 1e12))
 }
 
-/// Runs every workload at every preset on `dev` in bf16.
+/// Training-step shape: the study's batch of 8, 256 tokens each.
+pub const TRAIN_BATCH: usize = 8;
+pub const TRAIN_SEQ: usize = 256;
+
+/// Runs every workload at every preset on `dev` in bf16; with `train`, also one training
+/// step (forward, full backward, optimizer update of f32 master weights) per preset.
 pub fn run<D: KernelDevice>(
     dev: D,
     presets_to_run: &[&str],
     iters: usize,
+    train: Option<crate::train::optim::OptimizerKind>,
 ) -> Result<GpuBenchReport> {
     let device = dev.name();
     let hardware = dev.is_hardware();
@@ -167,22 +173,28 @@ pub fn run<D: KernelDevice>(
             model.backend = tiles.map_or(be.clone(), |t| be.clone().with_attention_tiles(t));
             let label = tiles.map_or(String::new(), |t| format!(" [{}]", tiles_label(t)));
             for r in cbench::run(&model, &opts)? {
-                let exec = r.executed_gflops / 1e3;
-                rows.push(GpuBenchRow {
-                    preset: name.into(),
-                    workload: format!("{}{label}", r.workload),
-                    tokens: r.tokens,
-                    median_s: r.median_s,
-                    tokens_per_s: r.tokens_per_s,
-                    executed_tflops: exec,
-                    nominal_tflops: r.nominal_gflops / 1e3,
-                    mfu: exec / PEAK_TFLOPS,
-                });
+                rows.push(row(name, format!("{}{label}", r.workload), &r));
             }
         }
         model.backend.check()?;
         drop(model);
         be.trim();
+        if let Some(opt) = train {
+            let cfg = presets::config(name, Some(2))?;
+            let model = Model::random(cfg, 0, 0.02, be.clone());
+            let o = BenchOptions {
+                batch: TRAIN_BATCH,
+                seq: TRAIN_SEQ,
+                ..opts.clone()
+            };
+            let r = cbench::run_train(model, opt, &o)?;
+            let label = format!(
+                "{} ({TRAIN_BATCH} x {TRAIN_SEQ}, bf16 + f32 master)",
+                r.workload
+            );
+            rows.push(row(name, label, &r));
+            be.trim();
+        }
     }
     Ok(GpuBenchReport {
         device,
@@ -192,6 +204,21 @@ pub fn run<D: KernelDevice>(
     })
 }
 
+/// A model workload's row: TFLOP/s and MFU from the CPU bench's GFLOP/s.
+fn row(preset: &str, workload: String, r: &cbench::BenchResult) -> GpuBenchRow {
+    let exec = r.executed_gflops / 1e3;
+    GpuBenchRow {
+        preset: preset.into(),
+        workload,
+        tokens: r.tokens,
+        median_s: r.median_s,
+        tokens_per_s: r.tokens_per_s,
+        executed_tflops: exec,
+        nominal_tflops: r.nominal_gflops / 1e3,
+        mfu: exec / PEAK_TFLOPS,
+    }
+}
+
 /// "m{row tiles} k{keys}": a tensor-core attention tile shape in a row label.
 fn tiles_label(t: AttnTiles) -> String {
     format!("m{} k{}", t.row_tiles, t.keys)
@@ -199,6 +226,15 @@ fn tiles_label(t: AttnTiles) -> String {
 
 /// `armsrace bench --device cuda`: the report on GPU 0, or an `Err` without one.
 #[cfg(feature = "cuda")]
-pub fn run_cuda(presets_to_run: &[&str], iters: usize) -> Result<GpuBenchReport> {
-    run(super::cuda::CudaDevice::new(0)?, presets_to_run, iters)
+pub fn run_cuda(
+    presets_to_run: &[&str],
+    iters: usize,
+    train: Option<crate::train::optim::OptimizerKind>,
+) -> Result<GpuBenchReport> {
+    run(
+        super::cuda::CudaDevice::new(0)?,
+        presets_to_run,
+        iters,
+        train,
+    )
 }
