@@ -64,15 +64,34 @@ pub fn names() -> Vec<&'static str> {
     PRESETS.iter().map(|p| p.name).collect()
 }
 
-/// Pretraining tokens D of the family (for "compute / pretraining compute" = 6 N D).
+/// Pretraining tokens D of a preset (science.md): every Pythia saw 299,892,736,000 tokens;
+/// Qwen2.5 0.5B 18T, the larger ones 10.5T.
 pub fn pretraining_tokens(name: &str) -> Option<f64> {
     if name.starts_with("pythia") {
-        Some(299.9e9)
-    } else if name.starts_with("qwen2.5") {
+        Some(299_892_736_000.0)
+    } else if name == "qwen2.5-0.5b" {
         Some(18e12)
+    } else if name.starts_with("qwen2.5") {
+        Some(10.5e12)
     } else {
         None
     }
+}
+
+/// The preset of `family` ("pythia", "qwen2.5") whose classifier parameter count is
+/// nearest, in log scale, to `n_params`: a checkpoint's size in the study's tables.
+pub fn nearest(family: &str, n_params: usize) -> &'static str {
+    let distance = |name: &str| {
+        let c = config(name, Some(2)).expect("preset");
+        let n = crate::model::param_count(&c) as f64;
+        (n.ln() - (n_params.max(1) as f64).ln()).abs()
+    };
+    PRESETS
+        .iter()
+        .map(|p| p.name)
+        .filter(|n| n.starts_with(family))
+        .min_by(|a, b| distance(a).total_cmp(&distance(b)))
+        .expect("the family has presets")
 }
 
 /// The config.json a Hugging Face checkpoint of this shape would carry.

@@ -306,6 +306,32 @@ fn the_study_schedule_and_training_set() {
             "{preset}"
         );
     }
+    // Pretraining compute 6 N_gen D: N_gen counts the causal LM's untied output embedding
+    // (pythia-14m: 14,067,712 by hand from its shapes), never the score head.
+    use armsrace::attack::budget::{generative_params, pretraining_flops};
+    let c = armsrace::presets::config("pythia-14m", Some(2)).unwrap();
+    assert_eq!(generative_params(&c), 14_067_712);
+    assert_eq!(
+        pretraining_flops(&c),
+        6.0 * 14_067_712.0 * 299_892_736_000.0
+    );
+    let lm = armsrace::presets::config("pythia-14m", None).unwrap();
+    assert_eq!(generative_params(&lm), 14_067_712);
+    for (preset, d) in [("qwen2.5-0.5b", 18e12), ("qwen2.5-1.5b", 10.5e12)] {
+        let c = armsrace::presets::config(preset, Some(2)).unwrap();
+        // Tied embeddings: the LM head adds nothing; the score head is not counted.
+        assert_eq!(
+            generative_params(&c),
+            param_count(&c) - 2 * c.hidden,
+            "{preset}"
+        );
+        assert_eq!(
+            pretraining_flops(&c),
+            6.0 * generative_params(&c) as f64 * d,
+            "{preset}"
+        );
+    }
+
     // The training set: min(clean + pool, 1000) examples, at most 80% adversarial.
     let cfg = AdvConfig {
         max_train: 1000,

@@ -5,7 +5,7 @@
 //! what our fast paths actually ran (cached prefixes, the last-layer shortcut).
 
 use crate::flops;
-use crate::model::config::{Arch, ModelConfig};
+use crate::model::config::{Arch, HeadKind, ModelConfig};
 use crate::presets;
 use serde::{Deserialize, Serialize};
 
@@ -64,15 +64,33 @@ pub fn executed_grad(
         + flops::executed_backward(cfg, batch, seq, head_rows, false, onehot_rows)
 }
 
-/// Pretraining compute 6·N·D of the checkpoint's family (D from presets: Pythia for GPTNeoX,
-/// Qwen2.5 for Qwen2), the denominator of "compute to reach X% ASR".
-pub fn pretraining_flops(cfg: &ModelConfig, n_params: usize) -> f64 {
+/// N_gen: the parameters of the causal LM the checkpoint's body was pretrained as: the
+/// study's N without a classifier's score head, plus the LM head when it is not tied to the
+/// input embeddings (pythia-14m: 14.07M).
+pub fn generative_params(cfg: &ModelConfig) -> usize {
+    let n = crate::model::param_count(cfg);
+    let body = match cfg.head {
+        HeadKind::Classifier { num_labels } => n - num_labels * cfg.hidden,
+        HeadKind::CausalLm => n,
+    };
+    body + if cfg.tied_embeddings {
+        0
+    } else {
+        cfg.vocab * cfg.hidden
+    }
+}
+
+/// Pretraining compute 6·N_gen·D (science.md), the denominator of "compute to reach X% ASR"
+/// and of defense-compute fractions. D is that of the family's preset nearest in size
+/// (Pythia: 299,892,736,000 tokens for every size; Qwen2.5: 18e12 for 0.5B, 10.5e12 above).
+pub fn pretraining_flops(cfg: &ModelConfig) -> f64 {
     let family = match cfg.arch {
         Arch::GptNeoX => "pythia",
         Arch::Qwen2 => "qwen2.5",
     };
-    let d = presets::pretraining_tokens(family).expect("presets know both families");
-    flops::nominal_train(n_params, 1) * d
+    let preset = presets::nearest(family, crate::model::param_count(cfg));
+    let d = presets::pretraining_tokens(preset).expect("presets know both families");
+    flops::nominal_train(generative_params(cfg), 1) * d
 }
 
 /// When an example stops being attacked.

@@ -272,7 +272,7 @@ pub fn attack_examples<B: Backend>(
         model: t.label.clone(),
         threat: threat.to_string(),
         n_params,
-        pretraining_flops: pretraining_flops(&model.cfg, n_params),
+        pretraining_flops: pretraining_flops(&model.cfg),
     };
     let opts = RunOptions {
         budget: plan.budget,

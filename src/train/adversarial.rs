@@ -114,45 +114,24 @@ pub struct AdvConfig {
 /// 22 for 0.5B and 10 for larger. The size is the preset of the same family whose classifier
 /// parameter count is nearest (in log scale) to the checkpoint's.
 pub fn study_rounds(cfg: &ModelConfig, n_params: usize) -> usize {
-    let (family, table): (&str, &[(&str, usize)]) = match cfg.arch {
-        Arch::GptNeoX => (
-            "pythia",
-            &[
-                ("pythia-14m", 953),
-                ("pythia-31m", 413),
-                ("pythia-70m", 163),
-                ("pythia-160m", 59),
-                ("pythia-410m", 21),
-                ("pythia-1b", 8),
-                ("pythia-1.4b", 6),
-                ("pythia-2.8b", 3),
-                ("pythia-6.9b", 3),
-                ("pythia-12b", 3),
-            ],
-        ),
-        Arch::Qwen2 => (
-            "qwen2.5",
-            &[
-                ("qwen2.5-0.5b", 22),
-                ("qwen2.5-1.5b", 10),
-                ("qwen2.5-3b", 10),
-                ("qwen2.5-7b", 10),
-                ("qwen2.5-14b", 10),
-            ],
-        ),
-    };
-    let distance = |name: &str| {
-        let c = crate::presets::config(name, Some(2)).expect("preset");
-        let n = crate::model::param_count(&c) as f64;
-        (n.ln() - (n_params.max(1) as f64).ln()).abs()
-    };
-    let (_, n_m) = table
-        .iter()
-        .min_by(|a, b| distance(a.0).total_cmp(&distance(b.0)))
-        .expect("non-empty table");
-    match family {
-        "pythia" => (*n_m).clamp(5, 60),
-        _ => *n_m,
+    match cfg.arch {
+        Arch::GptNeoX => {
+            let n_m = match crate::presets::nearest("pythia", n_params) {
+                "pythia-14m" => 953,
+                "pythia-31m" => 413,
+                "pythia-70m" => 163,
+                "pythia-160m" => 59,
+                "pythia-410m" => 21,
+                "pythia-1b" => 8,
+                "pythia-1.4b" => 6,
+                _ => 3, // 2.8b (the study's largest adversarially trained Pythia) and above
+            };
+            n_m.clamp(5, 60)
+        }
+        Arch::Qwen2 => match crate::presets::nearest("qwen2.5", n_params) {
+            "qwen2.5-0.5b" => 22,
+            _ => 10,
+        },
     }
 }
 
@@ -508,8 +487,7 @@ pub fn run<B: Backend>(
     let mut losses = state.pool_losses;
     let mut records = state.records;
     write_rounds(run, &records)?;
-    let n_params = trainer.model.param_count();
-    let pretraining = pretraining_flops(&trainer.model.cfg, n_params);
+    let pretraining = pretraining_flops(&trainer.model.cfg);
 
     for r in done + 1..=cfg.rounds {
         // 1. Attack examples of the clean pool on the current model.
