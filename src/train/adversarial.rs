@@ -499,7 +499,8 @@ pub fn run<B: Backend>(
         let examples: Vec<Example> = picked.iter().map(|&i| clean_ex[i].clone()).collect();
         let iterations = round_iterations(cfg.iterations_from, cfg.iterations_to, r, cfg.rounds);
         let plan = Plan {
-            model: checkpoint_dir(run, r - 1),
+            // Relative to the run directory, so a run resumes from any working directory.
+            model: PathBuf::from(format!("checkpoints/round-{:03}", r - 1)),
             examples: n_att,
             data_seed: round_seed(cfg.data_seed, r, STREAM_ATTACK),
             attack: cfg.attack.attack.with_seed(round_seed(
