@@ -141,6 +141,27 @@ fn bad_training_input_is_a_clear_error() {
         "{e}"
     );
 
+    // Settings that cannot train are refused before anything runs, naming the flag.
+    let settings: [(&str, fn(&mut TrainConfig)); 5] = [
+        ("--grad-accum", |t| t.grad_accum = 0),
+        ("--epochs", |t| t.epochs = 0),
+        ("--lr", |t| t.lr = f32::NAN),
+        ("--lr", |t| t.lr = -1e-3),
+        ("--batch-size", |t| t.batch_size = 0),
+    ];
+    for (flag, set) in settings {
+        let mut o = opts(
+            &tmp.path().join("s"),
+            "neox-parallel-cls",
+            OptimizerKind::adamw(),
+            None,
+        );
+        set(&mut o.train);
+        let e = run(o, |_| {}).unwrap_err().to_string();
+        assert!(e.contains(flag), "{flag}: {e}");
+        assert!(!tmp.path().join("s").exists(), "{flag}: nothing written");
+    }
+
     let bad = tmp.path().join("bad.jsonl");
     std::fs::write(
         &bad,

@@ -420,16 +420,7 @@ fn check_config(cfg: &AdvConfig) -> Result<()> {
             cfg.weight_scale
         ));
     }
-    if !cfg.train.lr.is_finite() || cfg.train.lr <= 0.0 {
-        return bad(format!(
-            "--lr must be a positive number, got {}",
-            cfg.train.lr
-        ));
-    }
-    if cfg.train.batch_size == 0 || cfg.train.grad_accum == 0 {
-        return bad("--batch-size and --grad-accum must be >= 1".into());
-    }
-    Ok(())
+    cfg.train.validate()
 }
 
 /// Runs (or resumes) adversarial training into `run` on `backend`.

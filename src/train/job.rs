@@ -185,6 +185,7 @@ pub fn run_on<B: Backend>(
     backend: B,
     mut on: impl FnMut(Event<'_>),
 ) -> Result<Option<f32>> {
+    opts.train.validate()?;
     let out = &opts.out;
     if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;

@@ -53,6 +53,34 @@ impl Default for TrainConfig {
     }
 }
 
+impl TrainConfig {
+    /// An error naming the flag for settings that cannot train (a zero batch or
+    /// accumulation, no epochs, a learning rate that is not a positive number).
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::input(m));
+        if !self.lr.is_finite() || self.lr <= 0.0 {
+            return bad(format!("--lr must be a positive number, got {}", self.lr));
+        }
+        for (flag, v) in [
+            ("--epochs", self.epochs),
+            ("--batch-size", self.batch_size),
+            ("--batch-tokens", self.batch_tokens),
+            ("--grad-accum", self.grad_accum),
+        ] {
+            if v == 0 {
+                return bad(format!("{flag} must be at least 1"));
+            }
+        }
+        if !(0.0..1.0).contains(&self.warmup_frac) {
+            return bad(format!(
+                "--warmup must be in [0, 1), got {}",
+                self.warmup_frac
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// A tokenized, labelled training example.
 #[derive(Clone, Debug)]
 pub struct LabeledIds {
@@ -102,6 +130,7 @@ pub struct StepOut {
     /// Each example's loss, in the order of the micro-batches' indices.
     pub per_example: Vec<f32>,
 }
+
 /// Shuffles (seeded by epoch) and packs examples into micro-batches under the token budget.
 pub fn epoch_batches(data: &[LabeledIds], cfg: &TrainConfig, epoch: usize) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (0..data.len()).collect();
