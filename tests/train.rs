@@ -142,7 +142,8 @@ fn bad_training_input_is_a_clear_error() {
     );
 
     // Settings that cannot train are refused before anything runs, naming the flag.
-    let settings: [(&str, fn(&mut TrainConfig)); 5] = [
+    type Set = fn(&mut TrainConfig);
+    let settings: [(&str, Set); 5] = [
         ("--grad-accum", |t| t.grad_accum = 0),
         ("--epochs", |t| t.epochs = 0),
         ("--lr", |t| t.lr = f32::NAN),
