@@ -6,6 +6,7 @@
 pub mod attack;
 pub mod backend;
 pub mod bench;
+pub mod bundled;
 pub mod error;
 pub mod flops;
 pub mod model;

@@ -113,24 +113,33 @@ fn classify_defaults_to_the_bundled_classifier() {
         serde_json::json!({ "text": armsrace::task::prompt::clean_prompt(&def, &ex) })
     };
     std::fs::write(&input, format!("{}\n{}\n", text("lantern"), text("oyster"))).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_armsrace"))
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["classify", "--input"])
-        .arg(&input)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    // From the repository root (the committed directory) and from anywhere else (the copy
+    // embedded in the binary): the same classifier, the same logits.
+    let run_in = |dir: &std::path::Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_armsrace"))
+            .current_dir(dir)
+            .args(["classify", "--input"])
+            .arg(&input)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "in {}: {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect::<Vec<serde_json::Value>>()
+    };
+    let lines = run_in(std::path::Path::new(env!("CARGO_MANIFEST_DIR")));
     assert_eq!(lines.len(), 2);
     // Both predictions exist; the clear match and the clear mismatch are told apart.
     assert_eq!(lines[0]["pred"], 1, "{:?}", lines[0]);
     assert_eq!(lines[1]["pred"], 0, "{:?}", lines[1]);
+    let elsewhere = tmp.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    assert_eq!(run_in(&elsewhere), lines);
 }

@@ -21,8 +21,8 @@ use crate::tokenize::Tokenizer;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-/// The bundled PasswordMatch classifier, relative to the working directory.
-pub const DEFAULT_MODEL: &str = "models/pythia-password-match";
+/// The bundled PasswordMatch classifier (see [`crate::bundled`]).
+pub use crate::bundled::DEFAULT_MODEL;
 
 /// Which attack, with its settings.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -117,7 +117,7 @@ fn parse_stop(s: &str) -> anyhow::Result<StopPoint> {
 }
 
 fn config(a: &Args) -> anyhow::Result<AdvConfig> {
-    super::check_bundled_model(&a.model)?;
+    let model = super::resolve_model(&a.model)?;
     let choice = a.attack.choice()?;
     let (from, to) = match choice.name {
         "random-token" => (1024, 2048),
@@ -128,13 +128,13 @@ fn config(a: &Args) -> anyhow::Result<AdvConfig> {
     let rounds = match a.rounds {
         Some(r) => r,
         None => {
-            let cfg = ModelConfig::from_file(&a.model.join("config.json"))?;
+            let cfg = ModelConfig::from_file(&model.join("config.json"))?;
             adversarial::study_rounds(&cfg, armsrace::model::param_count(&cfg))
         }
     };
     let seed = a.attack.seed;
     let attack = choice.plan(
-        a.model.clone(),
+        model.clone(),
         a.task.clone(),
         a.data.clone(),
         a.attacked_per_round,
@@ -146,7 +146,7 @@ fn config(a: &Args) -> anyhow::Result<AdvConfig> {
         },
     );
     Ok(AdvConfig {
-        model: a.model.clone(),
+        model: model.clone(),
         task: a.task.clone(),
         data: a.data.clone(),
         data_seed: a.data_seed,

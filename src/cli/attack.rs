@@ -275,8 +275,8 @@ fn default_out(a: &Args) -> PathBuf {
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let plan = plan(&a)?;
-    super::check_bundled_model(&plan.model)?;
+    let mut plan = plan(&a)?;
+    plan.model = super::resolve_model(&plan.model)?;
     let out = a.out.clone().unwrap_or_else(|| default_out(&a));
     let bar = ProgressBar::new(0);
     bar.set_style(

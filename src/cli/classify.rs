@@ -61,8 +61,8 @@ fn read_input(path: &PathBuf) -> anyhow::Result<Vec<Line>> {
     Ok(out)
 }
 
-pub fn run(a: Args) -> anyhow::Result<()> {
-    super::check_bundled_model(&a.model)?;
+pub fn run(mut a: Args) -> anyhow::Result<()> {
+    a.model = super::resolve_model(&a.model)?;
     dispatch(a.device, Classify(&a))
 }
 

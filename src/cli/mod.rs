@@ -61,15 +61,8 @@ pub fn run() -> anyhow::Result<()> {
     }
 }
 
-/// The bundled classifier's path is relative to the repository root: say so when it is
-/// missing, instead of a bare "no such file".
-fn check_bundled_model(model: &std::path::Path) -> anyhow::Result<()> {
-    use armsrace::attack::session::DEFAULT_MODEL;
-    if !model.is_dir() && model == std::path::Path::new(DEFAULT_MODEL) {
-        anyhow::bail!(
-            "{DEFAULT_MODEL}: the bundled classifier is not here (run from the repository \
-             root), or pass --model DIR"
-        );
-    }
-    Ok(())
+/// The directory to load for `--model`: the default works from any directory (the bundled
+/// classifier is embedded in the binary).
+fn resolve_model(model: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+    Ok(armsrace::bundled::resolve(model)?)
 }
