@@ -446,3 +446,68 @@ fn a_stale_prefix_cache_is_refused_and_subjects_rebuild_theirs() {
     }
     assert_ne!(before, after, "the step changed the logits");
 }
+
+/// The CLI's flags for the small run of `a_killed_run_resumes_to_identical_results`.
+fn small_cli(out: &Path) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_armsrace"));
+    c.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["adv-train", "--out"])
+        .arg(out)
+        .args([
+            "--rounds",
+            "3",
+            "--attacked-per-round",
+            "8",
+            "--iterations-from",
+            "2",
+            "--iterations-to",
+            "3",
+            "--clean-examples",
+            "2000",
+            "--max-train",
+            "40",
+            "--lr",
+            "1e-3",
+            "--optimizer",
+            "adamw",
+            "--batch-size",
+            "16",
+            "--group-size",
+            "40",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    c
+}
+
+#[test]
+fn sigkill_at_any_instant_resumes_to_identical_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let whole = dir.path().join("whole");
+    let t0 = std::time::Instant::now();
+    assert!(small_cli(&whole).status().unwrap().success());
+    let full = t0.elapsed();
+    let want = snapshot(&whole, 3);
+    // Real processes killed with SIGKILL at instants spread over a whole run (so inside
+    // attacks, training steps and file writes alike), each restart resuming the last.
+    let killed = dir.path().join("killed");
+    let mut interrupted = 0;
+    for k in 1..=12u32 {
+        let mut child = small_cli(&killed).spawn().unwrap();
+        std::thread::sleep(full * k / 13);
+        if child.try_wait().unwrap().is_none() {
+            interrupted += 1;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    assert!(
+        interrupted >= 6,
+        "only {interrupted} of 12 processes were killed mid-run"
+    );
+    assert!(small_cli(&killed).status().unwrap().success());
+    let got = snapshot(&killed, 3);
+    for ((name, g), (_, w)) in got.iter().zip(&want) {
+        assert!(g == w, "{name} differs after SIGKILLs and a resume");
+    }
+}

@@ -243,8 +243,11 @@ pub fn settings_file(path: &Path, config: &serde_json::Value) -> Result<bool> {
             Ok(true)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // Written beside and renamed: a kill mid-write never leaves half a settings file.
             let text = serde_json::to_string_pretty(config).expect("plain data");
-            std::fs::write(path, text).map_err(|e| Error::io(path, e))?;
+            let tmp = path.with_extension("json.tmp");
+            std::fs::write(&tmp, text).map_err(|e| Error::io(&tmp, e))?;
+            std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
             Ok(false)
         }
         Err(e) => Err(Error::io(path, e)),
