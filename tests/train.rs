@@ -258,3 +258,65 @@ fn junk_suffixes_put_random_tokens_in_the_slot_only() {
         .to_string()
         .contains("junk-suffix fraction"));
 }
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+#[test]
+fn resume_checks_its_settings_and_a_finished_run_is_left_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (out, whole) = (tmp.path().join("r"), tmp.path().join("whole"));
+    let kind = OptimizerKind::adamw();
+    run(opts(&whole, "neox-parallel-cls", kind, None), |_| {}).unwrap();
+    assert!(run(opts(&out, "neox-parallel-cls", kind, Some(3)), |_| {})
+        .unwrap()
+        .is_none());
+    // Other settings on an unfinished run are refused, naming the field.
+    let mut o = opts(&out, "neox-parallel-cls", kind, None);
+    o.train.lr = 2e-3;
+    let e = run(o, |_| {}).unwrap_err().to_string();
+    assert!(e.contains("train.lr"), "{e}");
+    let mut o = opts(&out, "neox-parallel-cls", kind, None);
+    o.data.train_examples = 25;
+    let e = run(o, |_| {}).unwrap_err().to_string();
+    assert!(e.contains("data.train_examples"), "{e}");
+    let mut o = opts(&out, "qwen2-untied-cls", kind, None);
+    o.init = Init::From(common::fixture("qwen2-untied-cls"));
+    let e = run(o, |_| {}).unwrap_err().to_string();
+    assert!(e.contains("init"), "{e}");
+
+    // Killed between a save's two renames (the checkpoint moved aside, the new one complete
+    // but not in place): the resume puts it in place and ends as an uninterrupted run.
+    copy_dir(&out, &out.with_extension("tmp"));
+    std::fs::rename(&out, out.with_extension("old")).unwrap();
+    run(opts(&out, "neox-parallel-cls", kind, None), |_| {}).unwrap();
+    assert_eq!(weights(&out), weights(&whole));
+    assert!(!out.with_extension("old").exists() && !out.with_extension("tmp").exists());
+
+    // A finished run started again: reported, nothing retrained or rewritten.
+    let before = std::fs::read(out.join("model.safetensors")).unwrap();
+    let mut finished = false;
+    let acc = run(opts(&out, "neox-parallel-cls", kind, None), |e| {
+        finished |= matches!(e, armsrace::train::job::Event::Finished { .. })
+    })
+    .unwrap();
+    assert!(finished && acc.is_some());
+    assert_eq!(
+        std::fs::read(out.join("model.safetensors")).unwrap(),
+        before
+    );
+    // ... and with other settings it is refused, not replaced.
+    let mut o = opts(&out, "neox-parallel-cls", kind, None);
+    o.train.epochs = 3;
+    let e = run(o, |_| {}).unwrap_err().to_string();
+    assert!(e.contains("train.epochs"), "{e}");
+    assert_eq!(
+        std::fs::read(out.join("model.safetensors")).unwrap(),
+        before
+    );
+}

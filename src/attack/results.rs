@@ -227,11 +227,7 @@ pub fn settings_file(path: &Path, config: &serde_json::Value) -> Result<bool> {
         Ok(raw) => {
             let old: serde_json::Value = serde_json::from_str(&raw)
                 .map_err(|e| Error::format(path, format!("not valid JSON: {e}")))?;
-            // Compare what the file would hold: both sides through the same text, so a
-            // float's last digit cannot differ between the value and its reading.
-            let text = serde_json::to_string_pretty(config).expect("plain data");
-            let config: serde_json::Value = serde_json::from_str(&text).expect("own JSON");
-            if let Some(field) = first_difference(&old, &config, "") {
+            if let Some(field) = settings_difference(&old, config) {
                 return Err(Error::format(
                     path,
                     format!(
@@ -252,6 +248,17 @@ pub fn settings_file(path: &Path, config: &serde_json::Value) -> Result<bool> {
         }
         Err(e) => Err(Error::io(path, e)),
     }
+}
+
+/// The dotted path of the first field where settings `old` and `new` differ. Both go
+/// through JSON text first, as a settings file does, so an f32's widening to f64 or a
+/// float's last digit cannot make a value differ from its own reading.
+pub fn settings_difference(old: &impl Serialize, new: &impl Serialize) -> Option<String> {
+    first_difference(&through_text(old), &through_text(new), "")
+}
+
+fn through_text(v: &impl Serialize) -> serde_json::Value {
+    serde_json::from_str(&serde_json::to_string(v).expect("plain data")).expect("own JSON")
 }
 
 /// Dotted path of the first field where `a` and `b` differ.

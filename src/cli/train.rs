@@ -192,6 +192,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             }
         }
         Event::Saved { .. } => {}
+        Event::Finished { dir } => bar.println(format!(
+            "{} holds a finished run with these settings: nothing to do",
+            dir.display()
+        )),
     };
     let result = dispatch(a.device, TrainJob { opts, on })?;
     bar.finish();

@@ -131,6 +131,24 @@ pub fn save_hf(
     Ok(())
 }
 
+/// Completes a [`save_hf`] that was killed between its two renames (`dir` moved aside to
+/// `.old`, the finished `.tmp` not yet in place): the new checkpoint is put in place, or,
+/// failing that, the old one back. A no-op when `dir` exists.
+pub fn recover_interrupted_save(dir: &Path) -> Result<()> {
+    let (tmp, old) = (dir.with_extension("tmp"), dir.with_extension("old"));
+    if dir.exists() || !old.exists() {
+        return Ok(());
+    }
+    // The old checkpoint is only moved aside after the temporary one is complete.
+    if tmp.exists() {
+        std::fs::rename(&tmp, dir).map_err(io(dir))?;
+        std::fs::remove_dir_all(&old).map_err(io(&old))?;
+    } else {
+        std::fs::rename(&old, dir).map_err(io(dir))?;
+    }
+    Ok(())
+}
+
 /// Writes a checkpoint's files into `tmp` (created afresh; what [`save_hf`] renames into
 /// place once every file is written).
 pub fn write_hf_dir(
@@ -214,15 +232,21 @@ pub fn state_files(
     ])
 }
 
+/// The training settings and progress of a checkpoint (trainer_state.json).
+pub fn load_progress(dir: &Path) -> Result<(TrainConfig, Progress)> {
+    let p = dir.join("trainer_state.json");
+    let text = std::fs::read_to_string(&p).map_err(io(&p))?;
+    let ts: TrainerState =
+        serde_json::from_str(&text).map_err(|e| Error::format(&p, e.to_string()))?;
+    Ok((ts.config, ts.progress))
+}
+
 /// Reads what `state_files` wrote.
 pub fn load_state(
     dir: &Path,
     n_tensors: usize,
 ) -> Result<(TrainConfig, Progress, Vec<TensorState>)> {
-    let p = dir.join("trainer_state.json");
-    let text = std::fs::read_to_string(&p).map_err(io(&p))?;
-    let ts: TrainerState =
-        serde_json::from_str(&text).map_err(|e| Error::format(&p, e.to_string()))?;
+    let (config, progress) = load_progress(dir)?;
     let p = dir.join("optimizer.safetensors");
     let store = crate::model::safetensors_store::SafetensorsStore::open_files_public(
         std::slice::from_ref(&p),
@@ -257,5 +281,5 @@ pub fn load_state(
             _ => return Err(Error::format(&p, format!("unexpected tensor {name}"))),
         }
     }
-    Ok((ts.config, ts.progress, state))
+    Ok((config, progress, state))
 }

@@ -3,6 +3,7 @@
 
 use super::checkpoint::{load_state, save_hf, state_files};
 use super::{accuracy, epoch_batches, LabeledIds, TrainConfig, Trainer};
+use crate::attack::results::settings_difference;
 use crate::backend::cpu::Cpu;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
@@ -141,6 +142,42 @@ pub fn load_as_classifier(
 struct JobFile {
     data: DataSpec,
     completed: bool,
+    /// The training settings and where the weights started (absent in job files written
+    /// before they were recorded: those resume unchecked).
+    #[serde(default)]
+    train: Option<TrainConfig>,
+    #[serde(default)]
+    init: Option<String>,
+}
+
+impl JobFile {
+    /// An error naming the first setting of `opts` that differs from this job's.
+    fn check_same(&self, path: &Path, opts: &JobOptions) -> Result<()> {
+        let new = JobFile {
+            data: opts.data.clone(),
+            completed: self.completed,
+            train: self.train.as_ref().map(|_| opts.train.clone()),
+            init: self.init.as_ref().map(|_| init_label(&opts.init)),
+        };
+        match settings_difference(self, &new) {
+            None => Ok(()),
+            Some(field) => Err(Error::format(
+                path,
+                format!(
+                    "this run was started with other settings (`{field}` differs); use \
+                     another --out, or delete the run to start over"
+                ),
+            )),
+        }
+    }
+}
+
+/// How the starting weights are recorded in job.json.
+fn init_label(init: &Init) -> String {
+    match init {
+        Init::From(dir) => format!("from {}", dir.display()),
+        Init::Scratch { .. } => format!("{init:?}"),
+    }
 }
 
 /// Progress events for a UI.
@@ -158,6 +195,10 @@ pub enum Event<'a> {
         val_accuracy: Option<f32>,
     },
     Saved {
+        dir: &'a Path,
+    },
+    /// The run in `--out` had already finished (nothing was trained or written).
+    Finished {
         dir: &'a Path,
     },
 }
@@ -190,13 +231,29 @@ pub fn run_on<B: Backend>(
     if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
     }
-    let resuming =
-        out.join("trainer_state.json").exists() && out.join("optimizer.safetensors").exists();
+    super::checkpoint::recover_interrupted_save(out)?;
     let job_path = out.join("job.json");
+    let existing = match std::fs::read_to_string(&job_path) {
+        Ok(text) => {
+            let job: JobFile =
+                serde_json::from_str(&text).map_err(|e| Error::format(&job_path, e.to_string()))?;
+            job.check_same(&job_path, &opts)?;
+            Some(job)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(Error::io(&job_path, e)),
+    };
+    if existing.as_ref().is_some_and(|j| j.completed) {
+        // A finished run is reported, never redone or replaced.
+        let (_, progress) = super::checkpoint::load_progress(out)?;
+        on(Event::Finished { dir: out });
+        return Ok(progress.val_accuracy.last().copied());
+    }
+    let resuming = existing.is_some()
+        && out.join("trainer_state.json").exists()
+        && out.join("optimizer.safetensors").exists();
     let (data_spec, mut trainer, tok_path) = if resuming {
-        let text = std::fs::read_to_string(&job_path).map_err(|e| Error::io(&job_path, e))?;
-        let job: JobFile =
-            serde_json::from_str(&text).map_err(|e| Error::format(&job_path, e.to_string()))?;
+        let job = existing.expect("resuming");
         let model_cfg = ModelConfig::from_file(&out.join("config.json"))?;
         let store = SafetensorsStore::open_dir(out)?;
         let w = Weights::build(&model_cfg, |spec| load_spec(&store, &model_cfg, spec))?;
@@ -284,6 +341,8 @@ pub fn run_on<B: Backend>(
             serde_json::to_vec_pretty(&JobFile {
                 data: data_spec.clone(),
                 completed,
+                train: Some(trainer.cfg.clone()),
+                init: Some(init_label(&opts.init)),
             })
             .expect("json"),
         )];
