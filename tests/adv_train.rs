@@ -510,4 +510,42 @@ fn sigkill_at_any_instant_resumes_to_identical_results() {
     for ((name, g), (_, w)) in got.iter().zip(&want) {
         assert!(g == w, "{name} differs after SIGKILLs and a resume");
     }
+
+    // `armsrace eval` on the run: one results directory per round, eval.jsonl beside them
+    // with each round's defense compute; a round without a checkpoint is an error.
+    let eval = |rounds: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_armsrace"))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["eval", "--run"])
+            .arg(&killed)
+            .args(["--rounds", rounds, "--examples", "4", "--iterations", "1"])
+            .output()
+            .unwrap()
+    };
+    let out = eval("0,3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> =
+        std::fs::read_to_string(killed.join("eval/gcg-suffix/eval.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+    let records = adversarial::read_rounds(&killed).unwrap();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["defense_nominal_flops"], 0.0);
+    assert_eq!(
+        lines[1]["defense_nominal_flops"].as_f64().unwrap(),
+        records[2].defense_nominal_flops
+    );
+    assert!(killed
+        .join("eval/gcg-suffix/round-003/summary.json")
+        .exists());
+    let out = eval("0,7");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("round 7 has no checkpoint"), "{err}");
 }

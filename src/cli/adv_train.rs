@@ -341,6 +341,17 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
     if a.examples == 0 {
         anyhow::bail!("--examples must be at least 1");
     }
+    let synthetic = matches!(
+        armsrace::task::Task::from_name(&cfg.task)?.source,
+        armsrace::task::Source::Synthetic(_)
+    );
+    if !synthetic && a.data.is_none() {
+        anyhow::bail!(
+            "task `{}` is read from JSONL: give --data with held-out examples (evaluating \
+             on the training file would measure what the model was trained on)",
+            cfg.task
+        );
+    }
     let choice = a.attack.choice()?;
     let iterations = a.iterations.unwrap_or(match choice.name {
         "random-token" => 4096,
