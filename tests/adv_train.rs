@@ -9,10 +9,10 @@
 
 use armsrace::attack::budget::Budget;
 use armsrace::attack::results::{Line, RESULTS_FILE};
-use armsrace::attack::session::{AttackSpec, Plan};
-use armsrace::attack::{FastPaths, GcgConfig, GoalSpec};
+use armsrace::attack::session::Plan;
+use armsrace::attack::GoalSpec;
 use armsrace::model::param_count;
-use armsrace::task::{Task, ThreatModel, ATTACK_INIT_TEXT};
+use armsrace::task::{Task, ThreatModel};
 use armsrace::train::adversarial::{
     self, checkpoint_dir, eval_rounds, AdvConfig, PoolEntry, PoolWeighting, StopPoint,
 };
@@ -32,25 +32,16 @@ fn bundled() -> PathBuf {
     p
 }
 
+/// The study's GCG (Plan::study_gcg) on `examples` examples for `iterations`.
 fn gcg_plan(model: PathBuf, examples: usize, iterations: usize) -> Plan {
     Plan {
-        model,
-        task: "password-match".into(),
-        data: None,
         examples,
-        data_seed: 0,
-        threat: "suffix".into(),
-        attack: AttackSpec::Gcg(GcgConfig::default()),
-        attack_tokens: 10,
-        init: ATTACK_INIT_TEXT.into(),
-        ascii_only: true,
-        target: None,
         budget: Budget {
             iterations,
             flops: None,
         },
         group_size: 40,
-        fast: FastPaths::default(),
+        ..Plan::study_gcg(model)
     }
 }
 
