@@ -255,6 +255,7 @@ const STREAM_ATTACK: u64 = 2;
 const STREAM_POOL: u64 = 3;
 const STREAM_CLEAN: u64 = 4;
 const STREAM_ORDER: u64 = 5;
+const STREAM_SLOT: u64 = 6;
 
 /// Sampling weights of the pool (see the module docs); `losses[i]` None = never trained on.
 pub fn pool_weights(losses: &[Option<f32>], weighting: PoolWeighting, scale: f64) -> Vec<f64> {
@@ -493,7 +494,8 @@ pub fn run<B: Backend>(
             // Relative to the run directory, so a run resumes from any working directory.
             model: PathBuf::from(format!("checkpoints/round-{:03}", r - 1)),
             examples: n_att,
-            data_seed: round_seed(cfg.data_seed, r, STREAM_ATTACK),
+            // Seeds the slot position of a random infix range.
+            data_seed: round_seed(cfg.data_seed, r, STREAM_SLOT),
             attack: cfg.attack.attack.with_seed(round_seed(
                 cfg.attack.attack.seed(),
                 r,

@@ -4,10 +4,9 @@
 //! checkpoint tensor separately (a fused tensor holds several, see `ParamSpec::pieces`), so
 //! its statistics match an optimizer run on the Hugging Face parameters.
 
-use crate::backend::cpu::optim as cpu_optim;
-use crate::backend::cpu::Cpu;
-use crate::backend::{AdafactorBufs, Backend};
+use crate::backend::{Adafactor, AdafactorBufs, AdamW, Backend};
 use crate::error::{Error, Result};
+use crate::Cpu;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -221,7 +220,7 @@ impl<T> OptState<T> {
                 eps,
                 weight_decay,
             } => {
-                let hp = cpu_optim::AdamW {
+                let hp = AdamW {
                     lr,
                     beta1,
                     beta2,
@@ -246,7 +245,7 @@ impl<T> OptState<T> {
                 weight_decay,
             } => {
                 // eps2 only scales the relative step size, which this configuration disables.
-                let hp = cpu_optim::Adafactor {
+                let hp = Adafactor {
                     lr,
                     eps1,
                     clip_threshold,
