@@ -3,6 +3,7 @@
 
 use super::attack::AttackOpts;
 use super::device::{dispatch, DeviceArgs, OnBackend};
+use super::say;
 use armsrace::attack::budget::Budget;
 use armsrace::attack::session::DEFAULT_MODEL;
 use armsrace::backend::Backend;
@@ -13,8 +14,7 @@ use armsrace::train::adversarial::{
 };
 use armsrace::train::optim::OptimizerKind;
 use armsrace::train::TrainConfig;
-use indicatif::{ProgressBar, ProgressStyle};
-use std::io::IsTerminal;
+use indicatif::ProgressBar;
 use std::path::{Path, PathBuf};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -178,24 +178,8 @@ fn config(a: &Args) -> anyhow::Result<AdvConfig> {
     })
 }
 
-/// Progress lines: a bar on a terminal, plain lines otherwise (logs stay readable when
-/// piped to a file).
 fn bar() -> ProgressBar {
-    let bar = if std::io::stderr().is_terminal() {
-        ProgressBar::new(0)
-    } else {
-        ProgressBar::hidden()
-    };
-    bar.set_style(ProgressStyle::with_template("{elapsed_precise} {msg}").expect("template"));
-    bar
-}
-
-fn say(bar: &ProgressBar, line: String) {
-    if bar.is_hidden() {
-        println!("{line}");
-    } else {
-        bar.println(line);
-    }
+    super::progress_bar("{elapsed_precise} {msg}")
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {

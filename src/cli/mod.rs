@@ -66,3 +66,25 @@ pub fn run() -> anyhow::Result<()> {
 fn resolve_model(model: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
     Ok(armsrace::bundled::resolve(model)?)
 }
+
+/// A progress bar on a terminal; hidden otherwise, and then [`say`] prints plain lines, so
+/// logs stay complete when output goes to a file.
+fn progress_bar(template: &str) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    let bar = if std::io::stderr().is_terminal() {
+        indicatif::ProgressBar::new(0)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(indicatif::ProgressStyle::with_template(template).expect("template"));
+    bar
+}
+
+/// A line above the bar, or on stdout when the bar is hidden.
+fn say(bar: &indicatif::ProgressBar, line: String) {
+    if bar.is_hidden() {
+        println!("{line}");
+    } else {
+        bar.println(line);
+    }
+}

@@ -1,11 +1,11 @@
 use super::device::{dispatch, DeviceArgs, OnBackend};
+use super::say;
 use armsrace::backend::Backend;
 use armsrace::model::config::ModelConfig;
 use armsrace::presets;
 use armsrace::train::job::{self, DataSpec, Event, Init, JobOptions};
 use armsrace::train::optim::OptimizerKind;
 use armsrace::train::TrainConfig;
-use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -160,12 +160,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         save_every: a.save_every,
         stop_after: a.stop_after,
     };
-    let bar = ProgressBar::new(0);
-    bar.set_style(
-        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} steps {msg}")
-            .expect("template")
-            .progress_chars("=> "),
-    );
+    let bar = super::progress_bar("{elapsed_precise} [{bar:30}] {pos}/{len} steps {msg}");
     let mut acc_msg = String::new();
     let on = |e: Event<'_>| match e {
         Event::Start {
@@ -175,7 +170,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             bar.set_length(total_steps);
             bar.set_position(resumed_at);
             if resumed_at > 0 {
-                bar.println(format!("resuming {} at step {resumed_at}", a.out.display()));
+                say(
+                    &bar,
+                    format!("resuming {} at step {resumed_at}", a.out.display()),
+                );
             }
         }
         Event::Step { step, loss } => {
@@ -188,14 +186,20 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         } => {
             if let Some(acc) = val_accuracy {
                 acc_msg = format!(" | val acc {:.1}%", 100.0 * acc);
-                bar.println(format!("epoch {epoch}: val accuracy {:.2}%", 100.0 * acc));
+                say(
+                    &bar,
+                    format!("epoch {epoch}: val accuracy {:.2}%", 100.0 * acc),
+                );
             }
         }
         Event::Saved { .. } => {}
-        Event::Finished { dir } => bar.println(format!(
-            "{} holds a finished run with these settings: nothing to do",
-            dir.display()
-        )),
+        Event::Finished { dir } => say(
+            &bar,
+            format!(
+                "{} holds a finished run with these settings: nothing to do",
+                dir.display()
+            ),
+        ),
     };
     let result = dispatch(a.device, TrainJob { opts, on })?;
     bar.finish();
