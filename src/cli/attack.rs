@@ -347,7 +347,7 @@ impl OnBackend for Job<'_> {
     }
 }
 
-pub fn print_summary(s: &Summary, out: &std::path::Path) {
+fn print_summary(s: &Summary, out: &std::path::Path) {
     println!(
         "{} on {} (N = {:.2}M), task {}, {}: {} examples, {} attacked, {} skipped \
          (misclassified before the attack)",
