@@ -1011,3 +1011,17 @@ fn tokenizer_missing_or_corrupt() {
     let msg = expect_err("dir", no_panic("dir", || Tokenizer::from_file(tmp.path())));
     assert_mentions("dir", &msg, &[&tmp.path().display().to_string()]);
 }
+
+#[test]
+fn data_for_a_generated_task_is_refused() {
+    let task = armsrace::task::Task::from_name("password-match").unwrap();
+    let e = expect_err(
+        "--data with a generated task",
+        armsrace::attack::session::load_examples(&task, Some(Path::new("x.jsonl")), 4, 0),
+    );
+    assert_mentions(
+        "--data with a generated task",
+        &e,
+        &["x.jsonl", "generated"],
+    );
+}

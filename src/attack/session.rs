@@ -121,9 +121,17 @@ pub fn load_examples(
     n: usize,
     seed: u64,
 ) -> Result<Vec<Example>> {
-    let mut ex = match task.split(0, n, seed) {
-        Ok((_, val)) => val,
-        Err(_) => task.load_jsonl(data)?,
+    let mut ex = match (&task.source, data) {
+        (crate::task::Source::Synthetic(_), Some(d)) => {
+            return Err(Error::input(format!(
+                "--data {}: task `{}` is generated in-crate and reads no file (use \
+                 --task jsonl:PATH for examples of your own)",
+                d.display(),
+                task.def.name
+            )))
+        }
+        (crate::task::Source::Synthetic(_), None) => task.split(0, n, seed)?.1,
+        _ => task.load_jsonl(data)?,
     };
     ex.truncate(n);
     if ex.is_empty() {
