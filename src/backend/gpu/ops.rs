@@ -1,7 +1,7 @@
-//! Ops beyond the Backend trait (for now inherent methods; see the report for the proposed
-//! trait signatures): LM-head cross-entropy over vocab chunks, the GCG ops (top-k, candidate
-//! sampling, per-candidate loss + arg-min) and the optimizer updates. Each has its CPU
-//! reference of the same name in src/backend/cpu/gcg.rs or src/backend/cpu/optim.rs.
+//! Ops beyond the Backend trait (for now inherent methods): LM-head cross-entropy over vocab
+//! chunks and the GCG ops (top-k, candidate sampling, per-candidate loss + arg-min); plus the
+//! launchers of the optimizer updates, which the trait's `adamw` / `adafactor` call. Each has
+//! its CPU reference of the same name in src/backend/cpu/gcg.rs or src/backend/cpu/optim.rs.
 
 use super::args::*;
 use super::backend::{GpuBackend, ROWS_PER_CHUNK, THREADS};
