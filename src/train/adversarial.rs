@@ -25,6 +25,9 @@
 //! on). [`PoolWeighting::Argsort`] reproduces the study's code, which took argsort(losses)
 //! where a rank was meant.
 //!
+//! The optimizer and its state carry over from round to round, as in the study's training
+//! loop (one optimizer for the whole run, each round one more epoch).
+//!
 //! Defense compute (science.md): all training FLOPs (6·N per padded token) plus all FLOPs of
 //! the attacks run during training; the base fine-tune is not included. Nominal (the study's
 //! convention) and executed, cumulative per round.
