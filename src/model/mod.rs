@@ -135,8 +135,7 @@ impl<B: Backend> Model<B> {
     /// The weights for changing (training): they get a new generation, so every cache
     /// built from the old weights is refused from now on ([`Model::check_cache`]).
     pub fn weights_mut(&mut self) -> &mut Weights<B::Buf> {
-        self.generation = next_generation();
-        &mut self.weights
+        self.backend_and_weights_mut().1
     }
 
     /// [`Model::weights_mut`] with the backend beside it (to run update ops on them).

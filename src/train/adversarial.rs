@@ -445,26 +445,30 @@ pub fn run<B: Backend>(
     let task = crate::task::Task::from_name(&cfg.task)?;
 
     // Round 0: the starting model, saved as the first checkpoint.
-    if latest_checkpoint(run, cfg.rounds)?.is_none() {
-        let (mcfg, w) =
-            super::job::load_as_classifier(&cfg.model, task.def.num_labels(), cfg.seed)?;
-        let st = AdvState {
-            round: 0,
-            pool_losses: Vec::new(),
-            records: Vec::new(),
-        };
-        let extra = vec![(STATE_FILE, serde_json::to_vec_pretty(&st).expect("json"))];
-        let labels = Some(task.def.label_names.as_slice());
-        save_hf(
-            &checkpoint_dir(run, 0),
-            &mcfg,
-            &w,
-            &start_tok,
-            labels,
-            &extra,
-        )?;
-    }
-    let (done, state) = latest_checkpoint(run, cfg.rounds)?.expect("round 0 was saved");
+    let latest = match latest_checkpoint(run, cfg.rounds)? {
+        Some(found) => found,
+        None => {
+            let (mcfg, w) =
+                super::job::load_as_classifier(&cfg.model, task.def.num_labels(), cfg.seed)?;
+            let st = AdvState {
+                round: 0,
+                pool_losses: Vec::new(),
+                records: Vec::new(),
+            };
+            let extra = vec![(STATE_FILE, serde_json::to_vec_pretty(&st).expect("json"))];
+            let labels = Some(task.def.label_names.as_slice());
+            save_hf(
+                &checkpoint_dir(run, 0),
+                &mcfg,
+                &w,
+                &start_tok,
+                labels,
+                &extra,
+            )?;
+            (0, st)
+        }
+    };
+    let (done, state) = latest;
     if done > 0 {
         on(Event::Resumed { round: done });
     }
