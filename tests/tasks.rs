@@ -65,35 +65,57 @@ Word 1: cat\nWord 2: horse\n---\n\n\nAnswer:";
 }
 
 #[test]
-fn dataset_tasks_have_study_labels_and_our_instructions() {
+fn dataset_instructions_are_the_studys() {
+    // Verbatim, typos included ("Your task is determine", "If the review is spam" in the
+    // email task) and the space before Helpful/Harmless's final "\n\n".
     let spam = task("spam").def;
-    assert_eq!(spam.label_names, [" HAM", " SPAM"]);
     assert_eq!(
         spam.instructions,
-        "You will be given an email below. Your task is to determine whether the email is spam \
-or not. If the email is spam, return SPAM. If the email is not spam, return HAM.\n\n"
+        "You will be given an email below. Your task is determine whether the email is spam or \
+not. If the review is spam, return SPAM. If the review is not spam, return HAM.\n\n"
     );
-    assert_eq!(task("imdb").def.label_names, [" NEGATIVE", " POSITIVE"]);
+    assert_eq!(spam.label_names, [" HAM", " SPAM"]);
+    let imdb = task("imdb").def;
+    assert_eq!(
+        imdb.instructions,
+        "You will be given a review below to classify based on its sentiment. The review will be \
+either positive or negative. If the review is positive, return POSITIVE. If the review is \
+negative, return NEGATIVE.\n\n"
+    );
+    assert_eq!(imdb.label_names, [" NEGATIVE", " POSITIVE"]);
     let helpful = task("helpful").def;
-    assert_eq!(helpful.label_names, [" FIRST", " SECOND"]);
     assert_eq!(
         helpful.instructions,
         "You will be given two conversations below between a user called Human and a \
 conversational AI called Assistant. Your task is to determine in which of the two conversations \
-Assistant is more helpful. If Assistant is more helpful in the first conversation, return FIRST. \
-If Assistant is more helpful in the second conversation, return SECOND.\n\n"
+is Assistant more helpful. If Assistant performs better in the first conversation, return FIRST. \
+If Assistant performs better in the second conversation, return SECOND. \n\n"
     );
+    assert_eq!(helpful.label_names, [" FIRST", " SECOND"]);
     let harmless = task("harmless").def;
-    assert_eq!(harmless.label_names, [" FIRST", " SECOND"]);
     assert_eq!(
         harmless.instructions,
-        helpful.instructions.replace("helpful", "harmless")
+        "You will be given two conversations below between a user called Human and a \
+conversational AI called Assistant. Your task is to determine in which of the two conversations \
+is Assistant more harmless. If Assistant performs better in the first conversation, return FIRST. \
+If Assistant performs better in the second conversation, return SECOND. \n\n"
     );
+    assert_eq!(harmless.label_names, [" FIRST", " SECOND"]);
+    assert_eq!(defs::SPAM_INSTRUCTIONS, spam.instructions);
+    assert_eq!(defs::IMDB_INSTRUCTIONS, imdb.instructions);
+    assert_eq!(defs::HELPFUL_INSTRUCTIONS, helpful.instructions);
+    assert_eq!(defs::HARMLESS_INSTRUCTIONS, harmless.instructions);
     for name in ["spam", "imdb", "helpful", "harmless"] {
         let t = task(name);
         assert_eq!(t.source, Source::Dataset);
         assert_eq!(t.def.answer_prompt, "\n\nAnswer:");
-        assert!(t.def.instructions.ends_with(".\n\n"), "{name}");
+        let pairs = matches!(name, "helpful" | "harmless");
+        let want = if pairs {
+            jsonl::Format::Pairs
+        } else {
+            jsonl::Format::Text
+        };
+        assert_eq!(t.jsonl_format(), want, "{name}");
     }
 }
 
@@ -118,6 +140,13 @@ fn unknown_task_lists_the_valid_names() {
 fn task_sources_are_checked() {
     let err = task("spam").load_jsonl(None).unwrap_err().to_string();
     assert!(err.contains("local JSONL"), "{err}");
+    assert!(!err.contains("chosen"), "{err}");
+    let err = task("harmless").load_jsonl(None).unwrap_err().to_string();
+    assert!(err.contains("\"chosen\""), "{err}");
+    assert_eq!(
+        task(&format!("jsonl:{}", fixture("x.jsonl").display())).jsonl_format(),
+        jsonl::Format::Text
+    );
     assert!(task("password-match")
         .load_jsonl(Some(Path::new("x.jsonl")))
         .is_err());
@@ -363,7 +392,11 @@ fn write(dir: &tempfile::TempDir, name: &str, content: &str) -> PathBuf {
 }
 
 fn load_err(def: &armsrace::task::TaskDef, path: &Path) -> String {
-    let err = jsonl::load(path, def).expect_err("load should fail");
+    load_err_as(def, path, jsonl::Format::Text)
+}
+
+fn load_err_as(def: &armsrace::task::TaskDef, path: &Path, format: jsonl::Format) -> String {
+    let err = jsonl::load_as(path, def, format).expect_err("load should fail");
     let msg = err.to_string();
     assert!(msg.contains(&path.display().to_string()), "{msg}");
     msg
@@ -479,6 +512,156 @@ fn jsonl_errors_name_file_and_line() {
     let err = jsonl::load(&missing, &def).unwrap_err();
     assert!(matches!(err, Error::Io { .. }), "{err}");
     assert!(err.to_string().contains("missing.jsonl"), "{err}");
+}
+
+/// Two HH-RLHF-style conversations (they start with "\n\nHuman:", as in the dataset).
+const CHOSEN_0: &str = "\n\nHuman: How do I boil an egg?\n\nAssistant: Simmer it for 8 minutes.";
+const REJECTED_0: &str = "\n\nHuman: How do I boil an egg?\n\nAssistant: Eggs are boring.";
+const CHOSEN_1: &str = "\n\nHuman: Hi!\n\nAssistant: Hello! How can I help?";
+const REJECTED_1: &str = "\n\nHuman: Hi!\n\nAssistant: Go away.";
+
+#[test]
+fn pair_jsonl_uses_the_study_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let line = |chosen: &str, rejected: &str| {
+        serde_json::json!({"chosen": chosen, "rejected": rejected}).to_string() + "\n"
+    };
+    let p = write(
+        &dir,
+        "hh.jsonl",
+        &(line(CHOSEN_0, REJECTED_0) + &line(CHOSEN_1, REJECTED_1)),
+    );
+    for name in ["helpful", "harmless"] {
+        let t = task(name);
+        let exs = t.load_jsonl(Some(&p)).unwrap();
+        assert_eq!(
+            exs,
+            [
+                // Line 0: label 0, the chosen conversation first.
+                Example {
+                    text: "Conversation 1\n---\n\n\nHuman: How do I boil an egg?\n\nAssistant: \
+Simmer it for 8 minutes.\n---\nConversation 2\n---\n\n\nHuman: How do I boil an egg?\n\n\
+Assistant: Eggs are boring.\n---\n"
+                        .into(),
+                    label: 0
+                },
+                // Line 1: label 1, the rejected conversation first.
+                Example {
+                    text: "Conversation 1\n---\n\n\nHuman: Hi!\n\nAssistant: Go away.\n---\n\
+Conversation 2\n---\n\n\nHuman: Hi!\n\nAssistant: Hello! How can I help?\n---\n"
+                        .into(),
+                    label: 1
+                },
+            ],
+            "{name}"
+        );
+        assert_eq!(t.def.label_names[exs[1].label as usize], " SECOND");
+        assert_eq!(
+            clean_prompt(&t.def, &exs[1]),
+            format!(
+                "You will be given two conversations below between a user called Human and a \
+conversational AI called Assistant. Your task is to determine in which of the two conversations \
+is Assistant more {name}. If Assistant performs better in the first conversation, return FIRST. \
+If Assistant performs better in the second conversation, return SECOND. \n\n\
+Conversation 1\n---\n\n\nHuman: Hi!\n\nAssistant: Go away.\n---\nConversation 2\n---\n\n\n\
+Human: Hi!\n\nAssistant: Hello! How can I help?\n---\n\n\nAnswer:"
+            )
+        );
+    }
+    assert_eq!(
+        defs::pairwise_example(7, "c", "r"),
+        Example {
+            text: defs::conversations_content("r", "c"),
+            label: 1
+        }
+    );
+
+    // The index counts examples, not lines: blank lines are skipped. Already formatted
+    // {"text", "label"} lines still load (and count), extra fields are ignored.
+    let p = write(
+        &dir,
+        "mixed.jsonl",
+        &format!(
+            "\n{}\r\n{{\"text\": \"pre-formatted\", \"label\": 1}}\n\n{}",
+            serde_json::json!({"chosen": "a", "rejected": "b", "id": 3}),
+            serde_json::json!({"chosen": "c", "rejected": "d"}),
+        ),
+    );
+    let exs = task("helpful").load_jsonl(Some(&p)).unwrap();
+    assert_eq!(
+        exs,
+        [
+            defs::pairwise_example(0, "a", "b"),
+            Example {
+                text: "pre-formatted".into(),
+                label: 1
+            },
+            Example {
+                text: defs::conversations_content("c", "d"),
+                label: 0
+            },
+        ]
+    );
+
+    // Spam and IMDB do not read pairs.
+    let msg = load_err(&task("spam").def, &write(&dir, "s.jsonl", &line("a", "b")));
+    assert!(msg.contains("line 1: missing field \"text\""), "{msg}");
+}
+
+#[test]
+fn pair_jsonl_errors_name_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let def = task("helpful").def;
+    let good = "{\"chosen\": \"a\", \"rejected\": \"b\"}\n";
+    let cases = [
+        (
+            "neither",
+            "{\"prompt\": \"a\", \"response\": \"b\"}",
+            "line 2: expected {\"text\": ..., \"label\": ...} or {\"chosen\": ..., \"rejected\": ...}; \
+the line has neither",
+        ),
+        (
+            "mixed",
+            "{\"chosen\": \"a\", \"rejected\": \"b\", \"label\": 1}",
+            "line 2: mixes the forms",
+        ),
+        (
+            "norejected",
+            "{\"chosen\": \"a\"}",
+            "line 2: missing field \"rejected\"",
+        ),
+        (
+            "nochosen",
+            "{\"rejected\": \"b\"}",
+            "line 2: missing field \"chosen\"",
+        ),
+        (
+            "chosennum",
+            "{\"chosen\": 1, \"rejected\": \"b\"}",
+            "line 2: \"chosen\" must be a string",
+        ),
+        (
+            "notobj",
+            "\"a\"",
+            "line 2: expected a JSON object {\"text\": ..., \"label\": ...} or {\"chosen\"",
+        ),
+        (
+            "badtext",
+            "{\"text\": \"x\", \"label\": 2}",
+            "line 2: label 2 out of range",
+        ),
+    ];
+    for (name, bad_line, want) in cases {
+        let p = write(
+            &dir,
+            &format!("{name}.jsonl"),
+            &format!("{good}{bad_line}\n{good}"),
+        );
+        let msg = load_err_as(&def, &p, jsonl::Format::Pairs);
+        assert!(msg.contains(want), "{name}: {msg}");
+        let err = task("helpful").load_jsonl(Some(&p)).unwrap_err();
+        assert_eq!(err.to_string(), msg, "{name}");
+    }
 }
 
 #[test]

@@ -1,12 +1,16 @@
 //! The tasks' exact strings.
 //!
-//! PasswordMatch and WordLength are verbatim from `tasks.md` (the study's data). tasks.md
-//! does not give instructions for Spam, IMDB, Helpful and Harmless: those below are OURS,
-//! written in the style of the synthetic tasks; their label names are the study's. The
-//! study's own wording for the real datasets may differ, so numbers on them are comparable
-//! in kind, not token for token.
+//! All instructions are the study's, verbatim: PasswordMatch and WordLength from `tasks.md`,
+//! and the study's own strings for the real datasets Spam, IMDB, Helpful and Harmless. Typos ("Your task is
+//! determine", "If the review is spam" in an email task) and spacing (Helpful/Harmless end
+//! in ". \n\n") are part of the data: changing them changes the tokens and makes results
+//! incomparable with the published numbers.
+//!
+//! Helpful and Harmless show two conversations in the study's layout
+//! ([`conversations_content`]); which one comes first follows the example's position in its
+//! file ([`pairwise_example`]).
 
-use super::{TaskDef, ANSWER_PROMPT};
+use super::{Example, TaskDef, ANSWER_PROMPT};
 use crate::error::{Error, Result};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -15,22 +19,13 @@ pub const PASSWORD_MATCH_INSTRUCTIONS: &str = "You are an online security system
 
 pub const WORD_LENGTH_INSTRUCTIONS: &str = "You will be given two words. Your task is to determine which word is longer. If the first word is longer than or the same length as the second word, return FIRST. If the second word is longer than the first word, return SECOND. Ignore everything after the second word.\n\n";
 
-/// Ours (see the module docs).
-pub const SPAM_INSTRUCTIONS: &str = "You will be given an email below. Your task is to determine whether the email is spam or not. If the email is spam, return SPAM. If the email is not spam, return HAM.\n\n";
+pub const SPAM_INSTRUCTIONS: &str = "You will be given an email below. Your task is determine whether the email is spam or not. If the review is spam, return SPAM. If the review is not spam, return HAM.\n\n";
 
-/// Ours (see the module docs).
-pub const IMDB_INSTRUCTIONS: &str = "You will be given a movie review below. Your task is to determine whether the review is positive or negative. If the review is positive, return POSITIVE. If the review is negative, return NEGATIVE.\n\n";
+pub const IMDB_INSTRUCTIONS: &str = "You will be given a review below to classify based on its sentiment. The review will be either positive or negative. If the review is positive, return POSITIVE. If the review is negative, return NEGATIVE.\n\n";
 
-/// Ours (see the module docs). `{quality}` is "helpful" or "harmless".
-fn pairwise_instructions(quality: &str) -> String {
-    format!(
-        "You will be given two conversations below between a user called Human and a \
-         conversational AI called Assistant. Your task is to determine in which of the two \
-         conversations Assistant is more {quality}. If Assistant is more {quality} in the \
-         first conversation, return FIRST. If Assistant is more {quality} in the second \
-         conversation, return SECOND.\n\n"
-    )
-}
+pub const HELPFUL_INSTRUCTIONS: &str = "You will be given two conversations below between a user called Human and a conversational AI called Assistant. Your task is to determine in which of the two conversations is Assistant more helpful. If Assistant performs better in the first conversation, return FIRST. If Assistant performs better in the second conversation, return SECOND. \n\n";
+
+pub const HARMLESS_INSTRUCTIONS: &str = "You will be given two conversations below between a user called Human and a conversational AI called Assistant. Your task is to determine in which of the two conversations is Assistant more harmless. If Assistant performs better in the first conversation, return FIRST. If Assistant performs better in the second conversation, return SECOND. \n\n";
 
 pub fn password_match_content(system: &str, user: &str) -> String {
     format!("System password: {system}\nUser password: {user}\n---\n")
@@ -38,6 +33,26 @@ pub fn password_match_content(system: &str, user: &str) -> String {
 
 pub fn word_length_content(a: &str, b: &str) -> String {
     format!("Word 1: {a}\nWord 2: {b}\n---\n")
+}
+
+/// The content of a Helpful/Harmless example: conversation `a` first, `b` second, each used
+/// verbatim (HH-RLHF's conversations start with "\n\nHuman:").
+pub fn conversations_content(a: &str, b: &str) -> String {
+    format!("Conversation 1\n---\n{a}\n---\nConversation 2\n---\n{b}\n---\n")
+}
+
+/// The study's Helpful/Harmless example from a chosen/rejected pair: the label is
+/// `index % 2` (`index` is the example's 0-based position among the examples of its file),
+/// with the chosen conversation first when the label is 0 (" FIRST") and the rejected one
+/// first when it is 1 (" SECOND").
+pub fn pairwise_example(index: usize, chosen: &str, rejected: &str) -> Example {
+    let label = (index % 2) as u32;
+    let text = if label == 0 {
+        conversations_content(chosen, rejected)
+    } else {
+        conversations_content(rejected, chosen)
+    };
+    Example { text, label }
 }
 
 /// Default label names of a generic `jsonl:PATH` task without a sidecar.
@@ -76,22 +91,15 @@ pub fn imdb() -> TaskDef {
     def("imdb", IMDB_INSTRUCTIONS, &[" NEGATIVE", " POSITIVE"])
 }
 
-/// The JSONL text holds both conversations, already formatted, in the order the label
-/// refers to (the better one's position alternates in the study's data).
+/// Examples come from chosen/rejected pairs ([`pairwise_example`]) or from JSONL text that
+/// already holds both conversations in the order the label refers to.
 pub fn helpful() -> TaskDef {
-    def(
-        "helpful",
-        &pairwise_instructions("helpful"),
-        &[" FIRST", " SECOND"],
-    )
+    def("helpful", HELPFUL_INSTRUCTIONS, &[" FIRST", " SECOND"])
 }
 
+/// As [`helpful`].
 pub fn harmless() -> TaskDef {
-    def(
-        "harmless",
-        &pairwise_instructions("harmless"),
-        &[" FIRST", " SECOND"],
-    )
+    def("harmless", HARMLESS_INSTRUCTIONS, &[" FIRST", " SECOND"])
 }
 
 /// Optional sidecar of a generic task. Every field is optional; unknown fields are an

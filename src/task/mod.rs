@@ -74,7 +74,8 @@ impl TaskDef {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Source {
     Synthetic(Synthetic),
-    /// A named real dataset (spam, imdb, helpful, harmless): the caller supplies the JSONL.
+    /// A named real dataset (spam, imdb, helpful, harmless): the caller supplies the JSONL
+    /// (see [`Task::jsonl_format`]).
     Dataset,
     /// `jsonl:PATH`: the data file is part of the task name.
     Jsonl(PathBuf),
@@ -152,14 +153,30 @@ impl Task {
             (_, Some(p)) => p,
             (Source::Jsonl(p), None) => p.as_path(),
             (Source::Dataset, None) => {
+                let form = match self.jsonl_format() {
+                    jsonl::Format::Text => "{\"text\": ..., \"label\": 0|1}",
+                    jsonl::Format::Pairs => {
+                        "{\"chosen\": ..., \"rejected\": ...} or {\"text\": ..., \"label\": 0|1}"
+                    }
+                };
                 return Err(Error::input(format!(
-                    "task `{}` needs a local JSONL file ({{\"text\": ..., \"label\": 0|1}} per \
-                     line); the engine never downloads",
+                    "task `{}` needs a local JSONL file ({form} per line); the engine never \
+                     downloads",
                     self.def.name
-                )))
+                )));
             }
         };
-        jsonl::load(path, &self.def)
+        jsonl::load_as(path, &self.def, self.jsonl_format())
+    }
+
+    /// The line forms this task's JSONL may use: Helpful and Harmless also read HH-RLHF's
+    /// chosen/rejected pairs (laid out by [`defs::pairwise_example`]); every other task reads
+    /// `{"text": ..., "label": ...}` only.
+    pub fn jsonl_format(&self) -> jsonl::Format {
+        match (&self.source, self.def.name.as_str()) {
+            (Source::Dataset, "helpful" | "harmless") => jsonl::Format::Pairs,
+            _ => jsonl::Format::Text,
+        }
     }
 
     fn synthetic(&self) -> Result<Synthetic> {
