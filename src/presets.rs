@@ -60,6 +60,27 @@ const PRESETS: &[Preset] = &[
     p("qwen2.5-14b", 5120, 48, 40, 8, 13824, 152064, false),
 ];
 
+/// The preset whose architecture and shape `cfg` has (a classifier fine-tuned from it
+/// included: the head is not compared), if any.
+pub fn matching(cfg: &ModelConfig) -> Option<&'static str> {
+    let family = match cfg.arch {
+        crate::model::config::Arch::GptNeoX => "pythia",
+        crate::model::config::Arch::Qwen2 => "qwen2.5",
+    };
+    PRESETS
+        .iter()
+        .find(|p| {
+            p.name.starts_with(family)
+                && p.hidden == cfg.hidden
+                && p.layers == cfg.layers
+                && p.heads == cfg.heads
+                && p.kv_heads == cfg.kv_heads
+                && p.intermediate == cfg.intermediate
+                && p.vocab == cfg.vocab
+        })
+        .map(|p| p.name)
+}
+
 pub fn names() -> Vec<&'static str> {
     PRESETS.iter().map(|p| p.name).collect()
 }

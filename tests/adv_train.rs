@@ -303,22 +303,38 @@ fn the_study_schedule_and_training_set() {
     let c = armsrace::presets::config("pythia-14m", Some(2)).unwrap();
     assert_eq!(generative_params(&c), 14_067_712);
     assert_eq!(
-        pretraining_flops(&c),
-        6.0 * 14_067_712.0 * 299_892_736_000.0
+        pretraining_flops(&c, None),
+        Some(6.0 * 14_067_712.0 * 299_892_736_000.0)
+    );
+    // A shape no preset has: unknown unless D is given, never a neighbour's D.
+    let mut odd = c.clone();
+    odd.hidden = 64;
+    assert_eq!(pretraining_flops(&odd, None), None);
+    assert_eq!(
+        pretraining_flops(&odd, Some(1e9)),
+        Some(6.0 * generative_params(&odd) as f64 * 1e9)
     );
     let lm = armsrace::presets::config("pythia-14m", None).unwrap();
     assert_eq!(generative_params(&lm), 14_067_712);
-    for (preset, d) in [("qwen2.5-0.5b", 18e12), ("qwen2.5-1.5b", 10.5e12)] {
+    for (preset, d) in [
+        ("qwen2.5-0.5b", 18e12),
+        ("qwen2.5-1.5b", 10.5e12),
+        ("qwen2.5-3b", 10.5e12),
+        ("qwen2.5-7b", 10.5e12),
+        ("qwen2.5-14b", 10.5e12),
+    ] {
         let c = armsrace::presets::config(preset, Some(2)).unwrap();
-        // Tied embeddings: the LM head adds nothing; the score head is not counted.
+        // Tied embeddings (0.5B-3B): the LM head adds nothing; untied (7B, 14B): it adds
+        // vocab x hidden. The score head is never counted.
+        let lm_head = if c.tied_embeddings { 0 } else { c.vocab * c.hidden };
         assert_eq!(
             generative_params(&c),
-            param_count(&c) - 2 * c.hidden,
+            param_count(&c) - 2 * c.hidden + lm_head,
             "{preset}"
         );
         assert_eq!(
-            pretraining_flops(&c),
-            6.0 * generative_params(&c) as f64 * d,
+            pretraining_flops(&c, None),
+            Some(6.0 * generative_params(&c) as f64 * d),
             "{preset}"
         );
     }

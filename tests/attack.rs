@@ -142,13 +142,21 @@ fn check_fast_scorer(name: &str, spec: GoalSpec, threat: &str) {
         fast: FastPaths::default(),
         rows_cap: Default::default(),
     };
-    let jobs: Vec<Job<'_, Cpu>> = all
+    let seqs: Vec<(Vec<Vec<u32>>, Vec<u32>)> = all
         .iter()
         .zip(&cases)
-        .map(|(s, (cands, _))| Job {
+        .map(|(s, (cands, _))| {
+            let seqs = cands.iter().map(|c| s.sequence(c)).collect();
+            (seqs, s.sequence(&s.state.ids))
+        })
+        .collect();
+    let jobs: Vec<Job<'_, Cpu>> = all
+        .iter()
+        .zip(&seqs)
+        .map(|(s, (seqs, reference))| Job {
             subject: s,
-            cands,
-            reference: Some(&s.state.ids),
+            seqs,
+            reference: Some(reference),
         })
         .collect();
     let got = score_many(&v, &jobs, LossKind::CrossEntropy).unwrap();

@@ -5,7 +5,7 @@
 //! what our fast paths actually ran (cached prefixes, the last-layer shortcut).
 
 use crate::flops;
-use crate::model::config::{Arch, HeadKind, ModelConfig};
+use crate::model::config::{HeadKind, ModelConfig};
 use crate::presets;
 use serde::{Deserialize, Serialize};
 
@@ -81,16 +81,13 @@ pub fn generative_params(cfg: &ModelConfig) -> usize {
 }
 
 /// Pretraining compute 6·N_gen·D (science.md), the denominator of "compute to reach X% ASR"
-/// and of defense-compute fractions. D is that of the family's preset nearest in size
-/// (Pythia: 299,892,736,000 tokens for every size; Qwen2.5: 18e12 for 0.5B, 10.5e12 above).
-pub fn pretraining_flops(cfg: &ModelConfig) -> f64 {
-    let family = match cfg.arch {
-        Arch::GptNeoX => "pythia",
-        Arch::Qwen2 => "qwen2.5",
-    };
-    let preset = presets::nearest(family, crate::model::param_count(cfg));
-    let d = presets::pretraining_tokens(preset).expect("presets know both families");
-    flops::nominal_train(generative_params(cfg), 1) * d
+/// and of defense-compute fractions. D is `tokens` when given (`--pretrain-tokens`), else
+/// that of the preset whose shape the checkpoint has (Pythia: 299,892,736,000 tokens for
+/// every size; Qwen2.5: 18e12 for 0.5B, 10.5e12 above); `None` for any other checkpoint
+/// (its pretraining is unknown: fractions are reported as unknown, never guessed).
+pub fn pretraining_flops(cfg: &ModelConfig, tokens: Option<f64>) -> Option<f64> {
+    let d = tokens.or_else(|| presets::matching(cfg).and_then(presets::pretraining_tokens))?;
+    Some(flops::nominal_train(generative_params(cfg), 1) * d)
 }
 
 /// When an example stops being attacked.

@@ -100,11 +100,19 @@ pub fn first_diff(a: &[u32], b: &[u32]) -> usize {
     a.iter().zip(b).position(|(x, y)| x != y).unwrap_or(a.len())
 }
 
+/// A loss for comparing: NaN counts as +inf (a failed evaluation never wins).
+pub fn nan_last(x: f32) -> f32 {
+    if x.is_nan() {
+        f32::INFINITY
+    } else {
+        x
+    }
+}
+
 /// Index of the smallest loss (NaN counts as +inf; ties go to the lowest index).
 pub fn argmin(losses: &[f32]) -> Option<usize> {
-    let key = |x: f32| if x.is_nan() { f32::INFINITY } else { x };
     (0..losses.len()).reduce(|b, i| {
-        if key(losses[i]) < key(losses[b]) {
+        if nan_last(losses[i]) < nan_last(losses[b]) {
             i
         } else {
             b

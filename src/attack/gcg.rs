@@ -1,23 +1,34 @@
 //! Greedy Coordinate Gradient (Zou et al. 2023) with nanoGCG's options and the study's
-//! defaults: 128 single-token swaps per iteration drawn without replacement from the top-256
-//! tokens per position of the one-hot gradient, retokenization filter on, arg-min kept.
+//! defaults (science.md): 128 single-token swaps per iteration drawn without replacement
+//! from the top-256 tokens per position of the one-hot gradient over every non-special id,
+//! the three-part validity filter on, arg-min kept, no early stop; an iteration whose
+//! candidates are all filtered out changes nothing and is counted as skipped.
+//!
+//! The filter (when on) keeps a candidate only if (a) the whole prompt survives decode →
+//! encode unchanged ([`RetokCheck`]), (b) the attack tokens alone do, and (c) it differs
+//! from the current attack. Before iteration 1 the initial attack is aligned in context: if
+//! it fails (a) or (b) in its prompt, random allowed ids are swapped in (keyed by seed and
+//! example) until it passes.
 
 use super::budget::{executed_grad, gcg_nominal};
-use super::candidates::{argmin, filter, sample, topk, SampleKey};
+use super::candidates::{argmin, nan_last, sample, topk, SampleKey};
 use super::goal::{dlogits, evaluate, Goal, LossKind};
 use super::rng::{stream, Purpose};
 use super::scoring::{score, Scored};
-use super::subject::{BufferEntry, Subject, Victim};
-use super::{Attack, StepReport};
+use super::subject::{Subject, Victim};
+use super::{AsrKind, Attack, StepReport};
 use crate::backend::Backend;
 use crate::error::Result;
-use crate::flops;
+use crate::task::retokenizes;
 use crate::model::batch::Batch;
 use crate::model::config::ModelConfig;
 use crate::model::{GradRequest, Objective};
-use rand::RngCore;
+use rand::{Rng, RngCore};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+
+/// Random swaps tried when aligning the initial attack in context.
+const INIT_TRIES: usize = 10_000;
 
 /// Floats of saved activations one gradient batch may hold (1 GiB): examples are attacked
 /// together in chunks that fit.
@@ -45,7 +56,7 @@ pub struct GcgConfig {
     pub loss: LossKind,
     /// Stop attacking an example once it is broken.
     pub early_stop: bool,
-    /// Drop candidates that fail the retokenization check.
+    /// The study's validity filter (see the module docs) and initial-attack alignment.
     pub filter: bool,
     pub seed: u64,
 }
@@ -63,6 +74,16 @@ impl Default for GcgConfig {
             seed: 0,
         }
     }
+}
+
+/// An entry of GCG's buffer (its per-example state when `buffer_size` > 0): an attack with
+/// its loss and whether it succeeded.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BufferEntry {
+    #[serde(with = "super::results::nullable_f32")]
+    pub loss: f32,
+    pub ids: Vec<u32>,
+    pub success: bool,
 }
 
 pub struct Gcg {
@@ -188,6 +209,31 @@ impl Gcg {
         Ok(out)
     }
 
+    /// Which of `cands` pass the filter (all of them with the filter off).
+    fn valid<B: Backend>(
+        &self,
+        v: &Victim<B>,
+        s: &Subject<B>,
+        cands: &[Vec<u32>],
+    ) -> Result<Vec<bool>> {
+        if !self.cfg.filter {
+            return Ok(vec![true; cands.len()]);
+        }
+        let rc = s.retok.as_ref().zip(v.tok);
+        cands
+            .par_iter()
+            .map(|c| {
+                if *c == s.state.ids {
+                    return Ok(false);
+                }
+                match rc {
+                    Some((rc, tok)) => Ok(retokenizes(tok, c)? && rc.check(tok, c)?),
+                    None => Ok(true),
+                }
+            })
+            .collect()
+    }
+
     /// Keeps the best candidate (or updates the buffer) and returns (loss, success).
     fn update<B: Backend>(
         &self,
@@ -195,19 +241,19 @@ impl Gcg {
         g: &GradOut,
         kept: Vec<Vec<u32>>,
         sc: &Scored,
-    ) -> (f32, bool) {
+    ) -> Result<(f32, bool)> {
         let best = argmin(&sc.losses);
         if self.cfg.buffer_size == 0 {
-            return match best {
+            return Ok(match best {
                 Some(b) => {
                     s.state.ids = kept[b].clone();
                     (sc.losses[b], sc.success[b])
                 }
                 // Every candidate failed the filter: keep the current attack.
                 None => (g.loss, g.success),
-            };
+            });
         }
-        let buf = &mut s.state.buffer;
+        let mut buf: Vec<BufferEntry> = s.state.data()?;
         if buf.is_empty() {
             buf.push(BufferEntry {
                 loss: g.loss,
@@ -230,15 +276,9 @@ impl Gcg {
             buf.sort_by(|a, b| nan_last(a.loss).total_cmp(&nan_last(b.loss)));
         }
         s.state.ids = buf[0].ids.clone();
-        (buf[0].loss, buf[0].success)
-    }
-}
-
-fn nan_last(x: f32) -> f32 {
-    if x.is_nan() {
-        f32::INFINITY
-    } else {
-        x
+        let out = (buf[0].loss, buf[0].success);
+        s.state.set_data(&buf);
+        Ok(out)
     }
 }
 
@@ -268,6 +308,36 @@ impl<B: Backend> Attack<B> for Gcg {
         self.cfg.early_stop
     }
 
+    fn study_asr(&self) -> AsrKind {
+        AsrKind::Current
+    }
+
+    /// Aligns the initial attack in context (see the module docs).
+    fn init(&self, v: &Victim<B>, s: &mut Subject<B>) -> Result<()> {
+        let (Some(rc), Some(tok), true) = (&s.retok, v.tok, self.cfg.filter) else {
+            return Ok(());
+        };
+        let passes = |ids: &[u32]| -> Result<bool> {
+            Ok(rc.check(tok, ids)? && retokenizes(tok, ids)?)
+        };
+        if s.state.ids.is_empty() || passes(&s.state.ids)? {
+            return Ok(());
+        }
+        let allowed = v.vocab.allowed();
+        let mut rng = stream(self.cfg.seed, s.index, 0, Purpose::GcgInit);
+        let mut ids = s.state.ids.clone();
+        for _ in 0..INIT_TRIES {
+            let at = rng.random_range(0..ids.len());
+            ids[at] = allowed[rng.random_range(0..allowed.len())];
+            if passes(&ids)? {
+                s.state.ids = ids;
+                return Ok(());
+            }
+        }
+        // No aligned attack found: start from the text's tokens and let the filter steer.
+        Ok(())
+    }
+
     fn step(
         &self,
         v: &Victim<B>,
@@ -275,17 +345,6 @@ impl<B: Backend> Attack<B> for Gcg {
         iteration: usize,
     ) -> Result<Vec<StepReport>> {
         let model = v.model;
-        // The prompt cache is built once per example; its cost is booked to iteration 1 so
-        // that a resumed run (which rebuilds it) reports what an uninterrupted one does.
-        let mut cache_cost = vec![0.0; batch.len()];
-        for (c, s) in cache_cost.iter_mut().zip(batch.iter_mut()) {
-            if v.fast.prefix_cache {
-                s.ensure_cache(model)?;
-            }
-            if iteration == 1 && v.fast.prefix_cache && !s.prompt.before.is_empty() {
-                *c = flops::executed_forward(&model.cfg, 1, s.prompt.before.len(), 0, 0);
-            }
-        }
         let subs: Vec<&Subject<B>> = batch.iter().map(|s| &**s).collect();
         let grads = self.gradients(v, &subs)?;
         let cands: Vec<Vec<Vec<u32>>> = subs
@@ -311,14 +370,8 @@ impl<B: Backend> Attack<B> for Gcg {
                 )
             })
             .collect::<Result<_>>()?;
-        // Retokenization checks of example i + 1 run on the pool while example i is scored.
-        let check = |i: usize| {
-            let rc = match (self.cfg.filter, &subs[i].retok, v.tok) {
-                (true, Some(rc), Some(tok)) => Some((rc, tok)),
-                _ => None,
-            };
-            filter(rc, &cands[i])
-        };
+        // Validity checks of example i + 1 run on the pool while example i is scored.
+        let check = |i: usize| self.valid(v, subs[i], &cands[i]);
         let mut scored = Vec::with_capacity(subs.len());
         let mut next = Some(check(0));
         for i in 0..subs.len() {
@@ -339,20 +392,19 @@ impl<B: Backend> Attack<B> for Gcg {
         drop(subs);
         let n_params = model.param_count();
         let mut reports = Vec::with_capacity(batch.len());
-        for (((s, g), (kept, sampled, sc)), cc) in
-            batch.iter_mut().zip(&grads).zip(scored).zip(cache_cost)
-        {
+        for ((s, g), (kept, sampled, sc)) in batch.iter_mut().zip(&grads).zip(scored) {
             let tokens = s.len(s.state.ids.len());
             let n_kept = kept.len();
-            let (loss, success) = self.update(s, g, kept, &sc);
+            let (loss, success) = self.update(s, g, kept, &sc)?;
             reports.push(StepReport {
                 loss,
                 success,
                 success_before: g.success,
                 scored: n_kept,
                 rejected: sampled - n_kept,
+                skipped: n_kept == 0,
                 nominal: gcg_nominal(n_params, tokens, n_kept),
-                executed: g.executed + sc.executed + cc,
+                executed: g.executed + sc.executed,
             });
         }
         Ok(reports)

@@ -1,9 +1,10 @@
-//! The attack engine: GCG and the random-token baseline against classifiers (or a target
-//! string against causal LMs), FLOP accounting and budgets, and resumable JSONL results.
+//! The attack engine: GCG, BEAST and the random-token baseline against classifiers (or a
+//! target string against causal LMs), FLOP accounting and budgets, and resumable JSONL
+//! results.
 //!
 //! Flow: [`subject::build_subjects`] turns task examples into [`Subject`]s (prompt split at
 //! the threat model's slot, retokenization check, initial attack); an [`Attack`]
-//! ([`Gcg`], [`RandomToken`]) advances them one iteration at a time; [`runner::run`] drives
+//! ([`Gcg`], [`RandomToken`], [`Beast`]) advances them one iteration at a time; [`runner::run`] drives
 //! it: clean classification first (misclassified examples are skipped), then iterations on
 //! groups of examples attacked together, one JSONL line per example per iteration, a
 //! resume that replays what a killed run wrote, and the [`summary::Summary`] at the end.
@@ -12,6 +13,7 @@
 //! iteration) ([`rng`]); thread pools only ever change the order work is done in, never
 //! what is computed.
 
+pub mod beast;
 pub mod budget;
 pub mod candidates;
 pub mod gcg;
@@ -26,6 +28,7 @@ pub mod subject;
 pub mod summary;
 pub mod vocab;
 
+pub use beast::{Beast, BeastConfig};
 pub use gcg::{Gcg, GcgConfig};
 pub use goal::{Goal, LossKind};
 pub use random_token::{RandomToken, RandomTokenConfig};
@@ -45,16 +48,34 @@ pub struct StepReport {
     /// Whether the attack the iteration started from already succeeded (GCG learns this
     /// for free from its gradient pass; it matters for the initial attack).
     pub success_before: bool,
-    /// Candidates scored, and candidates the retokenization check rejected.
+    /// Candidates scored, and candidates the validity filter rejected.
     pub scored: usize,
     pub rejected: usize,
+    /// The filter rejected every candidate: the iteration changed nothing (the study skips
+    /// such iterations; they still count as iterations).
+    pub skipped: bool,
     /// This iteration's FLOPs: nominal (study convention) and executed.
     pub nominal: f64,
     pub executed: f64,
 }
 
+/// Which ASR curve the study reported for an attack (the summary gives both).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AsrKind {
+    /// After iteration i: the fraction whose *current* attack succeeds (GCG; BEAST, whose
+    /// current attack is its best so far).
+    Current,
+    /// After iteration i: the fraction broken at some iteration <= i (random token, which
+    /// keeps the first successful draw).
+    Cumulative,
+}
+
 /// An attack the runner can drive. Implementations keep everything an iteration needs in
-/// the subjects' [`subject::AttackState`], so a resumed run continues exactly.
+/// the subjects' [`subject::AttackState`] (their own part as JSON in `data`), so a resumed
+/// run continues exactly. What every attack shares is the runner's: prompt caches (built
+/// and rebuilt before each step, their cost booked to iteration 1), results lines, resume,
+/// the per-example best and final attacks, the summary.
 pub trait Attack<B: Backend>: Sync {
     /// Short name for files and tables ("gcg", "random-token").
     fn name(&self) -> &'static str;
@@ -68,6 +89,16 @@ pub trait Attack<B: Backend>: Sync {
 
     /// Whether an example stops being attacked from its first success on.
     fn stops_on_success(&self) -> bool;
+
+    /// The ASR curve the study reported for this attack.
+    fn study_asr(&self) -> AsrKind;
+
+    /// Prepares an example's state before its first iteration (e.g. GCG aligns its initial
+    /// attack in context). Runs on every start, resumes included, before anything is
+    /// replayed, so it must be deterministic.
+    fn init(&self, _v: &Victim<B>, _s: &mut Subject<B>) -> Result<()> {
+        Ok(())
+    }
 
     /// Runs iteration `iteration` (1-based) on every subject of `batch`, updating their
     /// states; one report per subject, in order.

@@ -1,27 +1,30 @@
-//! The random-token baseline (the study's): every iteration tries fresh, uniformly random
-//! allowed tokens in the attack slot; an example counts as broken from its first success.
+//! The random-token baseline as the study ran it (science.md): every iteration draws
+//! `attack_tokens` ids uniformly from the pool (by default [0, tokenizer vocab size) minus
+//! special ids), decodes them into the prompt text and tokenizes the whole prompt again (no
+//! filter, no redraw); every iteration is scored, and an example counts as broken from its
+//! first successful draw (the study kept the first success: its ASR curve is cumulative).
+//!
+//! Without a tokenizer (benchmarks on raw ids) the drawn ids go into the slot as they are.
 
 use super::budget::random_token_nominal;
 use super::goal::LossKind;
 use super::rng::{stream, Purpose};
 use super::scoring::{score_many, Job};
 use super::subject::{Subject, Victim};
-use super::{Attack, StepReport};
+use super::vocab::Vocab;
+use super::{AsrKind, Attack, StepReport};
 use crate::backend::Backend;
 use crate::error::Result;
-use crate::flops;
 use rand::Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-/// Draws per iteration when the retokenization filter is on: the first draw that passes
-/// is scored; if none of this many passes, the last one is (and counted as rejected).
-const MAX_DRAWS: usize = 64;
-
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RandomTokenConfig {
-    /// Redraw until the prompt passes the retokenization check (up to MAX_DRAWS times).
-    pub filter: bool,
+    /// Stop attacking an example at its first success (saves compute; the cumulative ASR
+    /// curve is the same, the FLOPs are not the study's, which scored every iteration).
+    #[serde(default)]
+    pub early_stop: bool,
     pub loss: LossKind,
     pub seed: u64,
 }
@@ -29,7 +32,7 @@ pub struct RandomTokenConfig {
 impl Default for RandomTokenConfig {
     fn default() -> Self {
         RandomTokenConfig {
-            filter: true,
+            early_stop: false,
             loss: LossKind::CrossEntropy,
             seed: 0,
         }
@@ -38,36 +41,33 @@ impl Default for RandomTokenConfig {
 
 pub struct RandomToken {
     pub cfg: RandomTokenConfig,
+    /// The ids draws come from.
+    pub pool: Vocab,
 }
 
 impl RandomToken {
-    pub fn new(cfg: RandomTokenConfig) -> Self {
-        RandomToken { cfg }
+    pub fn new(cfg: RandomTokenConfig, pool: Vocab) -> Self {
+        RandomToken { cfg, pool }
     }
 
-    /// This iteration's tokens for `s`: (ids, draws made, whether they passed the check).
+    /// This iteration's draw for `s`: (attack ids, prompt tokens the victim reads when the
+    /// draw went through text).
     fn draw<B: Backend>(
         &self,
         v: &Victim<B>,
         s: &Subject<B>,
         iteration: usize,
-    ) -> Result<(Vec<u32>, usize, bool)> {
-        let n = s.state.ids.len();
-        let allowed = v.vocab.allowed();
+    ) -> Result<(Vec<u32>, Option<Vec<u32>>)> {
+        let allowed = self.pool.allowed();
         let mut rng = stream(self.cfg.seed, s.index, iteration, Purpose::RandomTokens);
-        for draws in 1.. {
-            let ids: Vec<u32> = (0..n)
-                .map(|_| allowed[rng.random_range(0..allowed.len())])
-                .collect();
-            let ok = match (self.cfg.filter, &s.retok, v.tok) {
-                (true, Some(rc), Some(tok)) => rc.check(tok, &ids)?,
-                _ => true,
-            };
-            if ok || draws == MAX_DRAWS {
-                return Ok((ids, draws, ok));
-            }
-        }
-        unreachable!("the loop returns by MAX_DRAWS")
+        let ids: Vec<u32> = (0..s.state.ids.len())
+            .map(|_| allowed[rng.random_range(0..allowed.len())])
+            .collect();
+        let prompt = match v.tok {
+            Some(tok) => Some(s.retokenized(tok, &tok.decode(&ids)?)?),
+            None => None,
+        };
+        Ok((ids, prompt))
     }
 }
 
@@ -80,12 +80,20 @@ impl<B: Backend> Attack<B> for RandomToken {
         serde_json::to_value(&self.cfg).expect("plain data")
     }
 
+    /// The prompt with twice the attack's tokens: a draw's text may retokenize into more
+    /// tokens than were drawn (rarely more than that; such a draw can overshoot a FLOP
+    /// budget by one iteration).
     fn nominal_bound(&self, v: &Victim<B>, s: &Subject<B>) -> f64 {
-        random_token_nominal(v.model.param_count(), s.len(s.state.ids.len()))
+        let n = s.state.ids.len();
+        random_token_nominal(v.model.param_count(), s.len(n) + n)
     }
 
     fn stops_on_success(&self) -> bool {
-        true
+        self.cfg.early_stop
+    }
+
+    fn study_asr(&self) -> AsrKind {
+        AsrKind::Cumulative
     }
 
     /// Every example's draw is scored in one packed forward (see `scoring::score_many`).
@@ -95,47 +103,43 @@ impl<B: Backend> Attack<B> for RandomToken {
         batch: &mut [&mut Subject<B>],
         iteration: usize,
     ) -> Result<Vec<StepReport>> {
-        let model = v.model;
-        // Prompt caches are built once; their cost is booked to iteration 1 (as GCG does).
-        let mut cache_cost = vec![0.0; batch.len()];
-        if v.fast.prefix_cache {
-            for (c, s) in cache_cost.iter_mut().zip(batch.iter_mut()) {
-                s.ensure_cache(model)?;
-                if iteration == 1 && !s.prompt.before.is_empty() {
-                    *c = flops::executed_forward(&model.cfg, 1, s.prompt.before.len(), 0, 0);
-                }
-            }
-        }
-        let draws: Vec<(Vec<u32>, usize, bool)> = batch
+        let draws: Vec<(Vec<u32>, Option<Vec<u32>>)> = batch
             .par_iter()
             .map(|s| self.draw(v, s, iteration))
             .collect::<Result<_>>()?;
-        let cands: Vec<Vec<Vec<u32>>> = draws.iter().map(|d| vec![d.0.clone()]).collect();
+        let seqs: Vec<Vec<Vec<u32>>> = batch
+            .iter()
+            .zip(&draws)
+            .map(|(s, (ids, prompt))| {
+                let p = prompt.clone().unwrap_or_else(|| s.prompt.ids(ids));
+                vec![s.with_suffix(p)]
+            })
+            .collect();
         let jobs: Vec<Job<'_, B>> = batch
             .iter()
-            .zip(&cands)
+            .zip(&seqs)
             .map(|(s, c)| Job {
                 subject: &**s,
-                cands: c,
+                seqs: c,
                 reference: None,
             })
             .collect();
         let scored = score_many(v, &jobs, self.cfg.loss)?;
         drop(jobs);
-        let n_params = model.param_count();
+        let n_params = v.model.param_count();
         let mut reports = Vec::with_capacity(batch.len());
-        for (((s, (ids, draws, passed)), sc), cc) in
-            batch.iter_mut().zip(draws).zip(scored).zip(cache_cost)
-        {
+        for (((s, (ids, prompt)), sc), seq) in batch.iter_mut().zip(draws).zip(scored).zip(&seqs) {
             s.state.ids = ids;
+            s.state.prompt = prompt;
             reports.push(StepReport {
                 loss: sc.losses[0],
                 success: sc.success[0],
                 success_before: false,
                 scored: 1,
-                rejected: draws - usize::from(passed),
-                nominal: random_token_nominal(n_params, s.len(s.state.ids.len())),
-                executed: sc.executed + cc,
+                rejected: 0,
+                skipped: false,
+                nominal: random_token_nominal(n_params, seq[0].len()),
+                executed: sc.executed,
             });
         }
         Ok(reports)

@@ -1,6 +1,6 @@
 //! Results on disk: `config.json` (the run's settings), `results.jsonl` (append-only, one
-//! line per example when it is first classified and one per example per iteration) and
-//! `summary.json`.
+//! line per example when it is first classified and one per example per iteration),
+//! `summary.json` and `examples.jsonl` (each example's final and best attack as text).
 //!
 //! Lines are written in units — the clean lines of a group of examples, or one iteration
 //! of a group — and flushed per unit. A killed run leaves at most one partial unit (maybe
@@ -8,7 +8,6 @@
 //! cuts the file where the first incomplete or unexpected one starts, so the work is redone
 //! and the file ends up as an uninterrupted run would have written it.
 
-use super::subject::BufferEntry;
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
@@ -18,6 +17,7 @@ use std::path::{Path, PathBuf};
 pub const CONFIG_FILE: &str = "config.json";
 pub const RESULTS_FILE: &str = "results.jsonl";
 pub const SUMMARY_FILE: &str = "summary.json";
+pub const EXAMPLES_FILE: &str = "examples.jsonl";
 
 /// An example before the attack.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -50,14 +50,62 @@ pub struct IterLine {
     pub attack_ids: Vec<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attack_text: Option<String>,
+    /// The prompt tokens the victim read, when the attack retokenized its text into the
+    /// prompt (otherwise `before ++ attack_ids ++ after`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_ids: Option<Vec<u32>>,
     pub candidates: usize,
     pub rejected: usize,
+    /// Every candidate failed the filter; the attack stayed as it was.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skipped: bool,
     pub nominal_flops: f64,
     pub executed_flops: f64,
     /// Seconds the iteration took for the whole group of examples it ran with.
     pub wall_s: f64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub buffer: Option<Vec<BufferEntry>>,
+    /// The attack's own state after the iteration (GCG's buffer, BEAST's beam).
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub state: serde_json::Value,
+}
+
+/// One attack of an example as text: what the victim read, instructions included, so that
+/// adversarial examples can be inspected and reused on other models.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AttackRecord {
+    pub iteration: usize,
+    #[serde(with = "nullable_f32")]
+    pub loss: f32,
+    pub success: bool,
+    pub attack_ids: Vec<u32>,
+    pub attack_text: Option<String>,
+    pub prompt_ids: Vec<u32>,
+    pub prompt_text: Option<String>,
+}
+
+/// `examples.jsonl`: one line per example at the end of a run, with its final attack and
+/// its best (lowest-loss) one.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ExampleRecord {
+    pub example: usize,
+    pub label: u32,
+    pub attacked: bool,
+    pub broken_at: Option<usize>,
+    #[serde(rename = "final")]
+    pub final_attack: Option<AttackRecord>,
+    pub best: Option<AttackRecord>,
+}
+
+/// Writes `lines` as JSONL to `path` through a temporary file and a rename (a kill leaves
+/// the old file or the new one, whole).
+pub fn write_jsonl_atomic<T: Serialize>(path: &Path, lines: &[T]) -> Result<()> {
+    let mut buf = Vec::new();
+    for l in lines {
+        serde_json::to_writer(&mut buf, l).map_err(|e| Error::Other(e.to_string()))?;
+        buf.push(b'\n');
+    }
+    let tmp = path.with_extension("jsonl.tmp");
+    std::fs::write(&tmp, buf).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -207,7 +255,7 @@ pub fn prepare_dir(dir: &Path, config: &serde_json::Value, overwrite: bool) -> R
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let cfg_path = dir.join(CONFIG_FILE);
     if overwrite {
-        for f in [CONFIG_FILE, RESULTS_FILE, SUMMARY_FILE] {
+        for f in [CONFIG_FILE, RESULTS_FILE, SUMMARY_FILE, EXAMPLES_FILE] {
             let p = dir.join(f);
             match std::fs::remove_file(&p) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(&p, e)),

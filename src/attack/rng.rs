@@ -10,6 +10,8 @@ use rand_chacha::ChaCha8Rng;
 pub enum Purpose {
     GcgSample = 1,
     RandomTokens = 2,
+    GcgInit = 3,
+    BeastSample = 4,
 }
 
 /// The stream for `purpose` at (seed, example, iteration): ChaCha8 keyed by all four.

@@ -2,13 +2,15 @@
 //! written (and on resume replayed) unit by unit, progress reports, the summary.
 
 use super::budget::Budget;
+use super::candidates::nan_last;
 use super::goal::{evaluate, LossKind};
-use super::results::{CleanLine, IterLine, Key, Line, ResultsLog};
+use super::results::{AttackRecord, CleanLine, ExampleRecord, IterLine, Key, Line, ResultsLog};
 use super::subject::{Subject, Victim};
 use super::summary::{summarize, ExampleTrack, RunInfo, Summary};
 use super::Attack;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
+use crate::flops;
 use crate::model::batch::Batch;
 use std::time::Instant;
 
@@ -47,6 +49,38 @@ pub struct RunOutput {
     pub summary: Summary,
     /// False when `stop_after` ended the run early.
     pub complete: bool,
+    /// Each example's final and best attack (empty when the run ended early).
+    pub examples: Vec<ExampleRecord>,
+}
+
+/// Builds (or rebuilds, after training) the prompt caches of `batch` when the victim uses
+/// them, and returns each subject's cache cost to book to this iteration: the cost of
+/// running `prompt.before` once, booked to iteration 1 whether or not this call built it, so
+/// that a resumed run (which rebuilds caches) reports what an uninterrupted one does. The
+/// runner calls it before every step; code driving [`Attack::step`] itself must too.
+pub fn prepare_step<B: Backend>(
+    v: &Victim<B>,
+    batch: &mut [&mut Subject<B>],
+    iteration: usize,
+) -> Result<Vec<f64>> {
+    let mut cost = vec![0.0; batch.len()];
+    if !v.fast.prefix_cache {
+        return Ok(cost);
+    }
+    for (c, s) in cost.iter_mut().zip(batch.iter_mut()) {
+        s.ensure_cache(v.model)?;
+        if iteration == 1 && !s.prompt.before.is_empty() {
+            *c = flops::executed_forward(&v.model.cfg, 1, s.prompt.before.len(), 0, 0);
+        }
+    }
+    Ok(cost)
+}
+
+/// The best attack of an example so far, and its last.
+#[derive(Clone, Default)]
+struct Kept {
+    best: Option<AttackRecord>,
+    last: Option<AttackRecord>,
 }
 
 /// Runs `attack` on `subjects` (see the module docs of `attack`).
@@ -62,8 +96,13 @@ pub fn run<B: Backend>(
     if opts.group_size == 0 {
         return Err(Error::input("group size must be at least 1"));
     }
+    for s in subjects.iter_mut() {
+        attack.init(v, s)?;
+    }
+    let kind = attack.study_asr();
     let mut tracks = vec![ExampleTrack::default(); subjects.len()];
-    let mut best = vec![f32::INFINITY; subjects.len()];
+    let mut kept = vec![Kept::default(); subjects.len()];
+    let mut skipped = 0;
     let mut units: Vec<(f64, usize)> = Vec::new();
     let total = subjects.len().saturating_mul(opts.budget.iterations);
     let mut p = Progress {
@@ -137,47 +176,45 @@ pub fn run<B: Backend>(
                         let Line::Iter(l) = l else {
                             unreachable!("keys matched")
                         };
-                        group[i].state.ids = l.attack_ids.clone();
-                        group[i].state.buffer = l.buffer.clone().unwrap_or_default();
+                        let st = &mut group[i].state;
+                        st.ids = l.attack_ids.clone();
+                        st.prompt = l.prompt_ids.clone();
+                        st.data = l.state.clone();
                     }
                     (lines, true)
                 }
                 None => {
                     let t0 = Instant::now();
-                    let mut refs: Vec<&mut Subject<B>> = Vec::with_capacity(active.len());
-                    let mut rest: &mut [Subject<B>] = group;
-                    let mut at = 0;
-                    for &i in &active {
-                        let (_, tail) = rest.split_at_mut(i - at);
-                        let (one, tail) = tail.split_first_mut().expect("index in range");
-                        refs.push(one);
-                        rest = tail;
-                        at = i + 1;
-                    }
+                    let mut refs = pick_mut(group, &active);
+                    let cache_cost = prepare_step(v, &mut refs, k)?;
                     let reports = attack.step(v, &mut refs, k)?;
+                    drop(refs);
                     let wall = t0.elapsed().as_secs_f64();
                     let lines: Vec<Line> = active
                         .iter()
                         .zip(&reports)
-                        .map(|(&i, r)| {
+                        .zip(&cache_cost)
+                        .map(|((&i, r), cc)| {
                             let (s, t) = (&group[i], &tracks[base + i]);
                             let broken = t.broken_at.is_some() || r.success || r.success_before;
+                            let best = kept[base + i].best.as_ref().map_or(f32::INFINITY, |b| b.loss);
                             Line::Iter(IterLine {
                                 example: s.index,
                                 iteration: k,
                                 loss: r.loss,
-                                best_loss: best[base + i].min(r.loss),
+                                best_loss: best.min(r.loss),
                                 success: r.success,
                                 broken,
                                 attack_ids: s.state.ids.clone(),
                                 attack_text: v.tok.and_then(|tk| tk.decode(&s.state.ids).ok()),
+                                prompt_ids: s.state.prompt.clone(),
                                 candidates: r.scored,
                                 rejected: r.rejected,
+                                skipped: r.skipped,
                                 nominal_flops: t.nominal + r.nominal,
-                                executed_flops: t.executed + r.executed,
+                                executed_flops: t.executed + r.executed + cc,
                                 wall_s: wall,
-                                buffer: (!s.state.buffer.is_empty())
-                                    .then(|| s.state.buffer.clone()),
+                                state: s.state.data.clone(),
                             })
                         })
                         .collect();
@@ -194,11 +231,18 @@ pub fn run<B: Backend>(
                 t.iterations = k;
                 t.nominal = l.nominal_flops;
                 t.executed = l.executed_flops;
-                best[base + i] = l.best_loss;
+                t.current.push(l.success);
+                skipped += usize::from(l.skipped);
                 if l.broken && t.broken_at.is_none() {
                     t.broken_at = Some(k);
                     p.broken += 1;
                 }
+                let rec = record(v, &group[i], l);
+                let kp = &mut kept[base + i];
+                if kp.best.as_ref().is_none_or(|b| nan_last(l.loss) < nan_last(b.loss)) {
+                    kp.best = Some(rec.clone());
+                }
+                kp.last = Some(rec);
                 wall = l.wall_s;
             }
             units.push((wall, active.len()));
@@ -209,18 +253,65 @@ pub fn run<B: Backend>(
             progress(&p);
             if !replayed && opts.stop_after == Some(k) {
                 return Ok(RunOutput {
-                    summary: summarize(info, &tracks, &units),
+                    summary: summarize(info, kind, &tracks, &units, skipped),
                     complete: false,
+                    examples: Vec::new(),
                 });
             }
         }
         base += group.len();
     }
     log.finish()?;
+    let records: Vec<ExampleRecord> = subjects
+        .iter()
+        .zip(&tracks)
+        .zip(kept)
+        .map(|((s, t), k)| ExampleRecord {
+            example: s.index,
+            label: s.prompt.label,
+            attacked: t.attacked,
+            broken_at: t.broken_at,
+            final_attack: k.last,
+            best: k.best,
+        })
+        .collect();
     Ok(RunOutput {
-        summary: summarize(info, &tracks, &units),
+        summary: summarize(info, kind, &tracks, &units, skipped),
         complete: true,
+        examples: records,
     })
+}
+
+/// An iteration's attack of `s` as text.
+fn record<B: Backend>(v: &Victim<B>, s: &Subject<B>, l: &IterLine) -> AttackRecord {
+    let prompt_ids = l
+        .prompt_ids
+        .clone()
+        .unwrap_or_else(|| s.prompt.ids(&l.attack_ids));
+    AttackRecord {
+        iteration: l.iteration,
+        loss: l.loss,
+        success: l.success,
+        attack_ids: l.attack_ids.clone(),
+        attack_text: l.attack_text.clone(),
+        prompt_text: v.tok.and_then(|tk| tk.decode(&prompt_ids).ok()),
+        prompt_ids,
+    }
+}
+
+/// Mutable references to `group[i]` for each `i` of `idx` (ascending).
+fn pick_mut<'a, T>(group: &'a mut [T], idx: &[usize]) -> Vec<&'a mut T> {
+    let mut refs = Vec::with_capacity(idx.len());
+    let mut rest: &mut [T] = group;
+    let mut at = 0;
+    for &i in idx {
+        let (_, tail) = rest.split_at_mut(i - at);
+        let (one, tail) = tail.split_first_mut().expect("index in range");
+        refs.push(one);
+        rest = tail;
+        at = i + 1;
+    }
+    refs
 }
 
 /// Clean classification (or target check) of a group: who is attacked.

@@ -37,25 +37,18 @@ pub struct Scored {
     pub executed: f64,
 }
 
-fn check_lengths(cands: &[Vec<u32>]) -> Result<usize> {
-    let n = cands.first().map_or(0, Vec::len);
-    if n == 0 || cands.iter().any(|c| c.len() != n) {
-        return Err(Error::input(
-            "candidates must be non-empty attacks of one common length",
-        ));
-    }
-    Ok(n)
-}
-
-/// Candidates of one example to score: attacks derived from `reference` (the current
-/// attack; groups form by first difference to it).
+/// Candidates of one example to score, as the full sequences the victim reads (prompt ++
+/// goal suffix; lengths may differ, e.g. after retokenization). `reference` (GCG's current
+/// attack in context) is a sequence the candidates derive from: the prompt cache is extended
+/// along it once, so a candidate sharing a longer prefix with it runs fewer tokens.
 pub struct Job<'a, B: Backend> {
     pub subject: &'a Subject<B>,
-    pub cands: &'a [Vec<u32>],
+    pub seqs: &'a [Vec<u32>],
     pub reference: Option<&'a [u32]>,
 }
 
-/// Scores `cands` on `s`, the fast way when `v.fast` allows (see [`score_many`]).
+/// Scores attacks `cands` (ids in the attack slot) on `s`, the fast way when `v.fast`
+/// allows (see [`score_many`]); `reference` is an attack they derive from.
 pub fn score<B: Backend>(
     v: &Victim<B>,
     s: &Subject<B>,
@@ -63,38 +56,56 @@ pub fn score<B: Backend>(
     reference: Option<&[u32]>,
     loss: LossKind,
 ) -> Result<Scored> {
+    let seqs: Vec<Vec<u32>> = cands.iter().map(|c| s.sequence(c)).collect();
+    let reference = reference.map(|r| s.sequence(r));
     let job = Job {
         subject: s,
-        cands,
-        reference,
+        seqs: &seqs,
+        reference: reference.as_deref(),
     };
     Ok(score_many(v, std::slice::from_ref(&job), loss)?.remove(0))
 }
 
+/// Length of the common prefix of `a` and `b`.
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    first_diff(a, b).min(b.len())
+}
+
 /// What the fast path needs to know about one job.
 struct Plan<B: Backend> {
+    /// Tokens in the subject's prompt cache (`prompt.before`).
     l0: usize,
-    full_len: usize,
-    /// after ++ target: the tokens every continuation ends with.
-    tail: Vec<u32>,
-    /// Loss positions in the full sequence.
-    positions: Vec<usize>,
-    /// The prompt cache extended by the reference's first tokens (groups past 0 view it).
+    /// The prompt cache extended along the reference, when some candidate shares more
+    /// than `l0` tokens with it.
     ext: Option<PrefixCache<B::Buf>>,
 }
 
-impl<B: Backend> Plan<B> {
-    /// Tokens a candidate runs from group start `p` on (the rest comes from caches).
-    fn seq(&self, p: usize) -> usize {
-        self.full_len - self.l0 - p
+/// Candidates of one job that share a cached prefix of `start` tokens and have `len`
+/// tokens in all: they run `len - start` tokens each, in one batch.
+#[derive(Clone, Debug)]
+struct Piece {
+    job: usize,
+    start: usize,
+    len: usize,
+    cands: Vec<usize>,
+}
+
+impl Piece {
+    fn seq(&self) -> usize {
+        self.len - self.start
+    }
+    fn rows(&self) -> usize {
+        self.cands.len() * self.seq()
     }
 }
 
-/// Scores several examples' candidates. Each example's candidates are grouped by their
-/// first attack position p that differs from its reference; a group runs only its tokens
-/// from p on, against a view of the example's cache extended by the reference up to p.
-/// Groups of all examples are packed into calls of at most `max_rows` rows, so the GEMMs
-/// see every group at once while attention runs per group against its own prefix.
+/// Scores several examples' candidates. A candidate runs only its tokens past the longest
+/// prefix it shares with what is cached: the example's prompt cache (`prompt.before`), or
+/// that cache extended along the job's reference (built once per job, as far as the
+/// candidates need). Candidates with the same cached prefix and length form a piece; pieces
+/// of all examples are packed into calls of at most `max_rows` rows, so the GEMMs see every
+/// piece at once while attention runs per piece against its own prefix. At least one token
+/// of each candidate always runs.
 pub fn score_many<B: Backend>(
     v: &Victim<B>,
     jobs: &[Job<'_, B>],
@@ -103,14 +114,14 @@ pub fn score_many<B: Backend>(
     let mut out: Vec<Scored> = jobs
         .iter()
         .map(|j| Scored {
-            losses: vec![0.0; j.cands.len()],
-            success: vec![false; j.cands.len()],
+            losses: vec![0.0; j.seqs.len()],
+            success: vec![false; j.seqs.len()],
             executed: 0.0,
         })
         .collect();
     if !v.fast.prefix_cache {
         for (o, j) in out.iter_mut().zip(jobs) {
-            *o = score_naive(v, j.subject, j.cands, loss)?;
+            *o = score_naive_seqs(v, j.subject, j.seqs, loss)?;
         }
         return Ok(out);
     }
@@ -118,54 +129,56 @@ pub fn score_many<B: Backend>(
     let cfg = &model.cfg;
     let max_rows = max_rows(cfg).min(v.rows_cap.get().unwrap_or(usize::MAX));
     let mut plans = Vec::with_capacity(jobs.len());
-    // Pieces: (job, group start p, candidates) of at most max_rows rows each.
     let mut pieces: Vec<Piece> = Vec::new();
     for (ji, job) in jobs.iter().enumerate() {
         let s = job.subject;
         s.goal.validate(width)?;
+        check_seqs(s, job.seqs)?;
         let l0 = s.prompt.before.len();
-        if job.cands.is_empty() {
-            plans.push(None);
-            continue;
-        }
-        let n = check_lengths(job.cands)?;
         if l0 > 0 && s.cache().is_none() {
             return Err(Error::input(format!(
                 "example {}: the prompt cache is not built (call Subject::ensure_cache)",
                 s.index
             )));
         }
-        let reference = job.reference.filter(|r| v.fast.group_reuse && r.len() == n);
-        let mut groups: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
-        for (i, c) in job.cands.iter().enumerate() {
-            // At least one attack token stays in the continuation, so it is never empty.
-            let p = reference.map_or(0, |r| first_diff(c, r).min(n - 1));
-            groups.entry(p).or_default().push(i);
-        }
-        let max_p = *groups.keys().next_back().unwrap_or(&0);
-        // The reference's first max_p tokens appended to the prompt cache, once.
-        let ext = match (max_p, reference) {
-            (p, Some(r)) if p > 0 => {
-                out[ji].executed += executed_lean(cfg, 1, p, l0, Top::QkvOnly);
-                Some(model.extend_prefix(s.cache(), &r[..p])?)
+        let before = &s.prompt.before;
+        let reference = job.reference.filter(|r| {
+            v.fast.group_reuse && r.len() > l0 && r[..l0] == before[..]
+        });
+        // (cached prefix, length) per candidate.
+        let starts: Vec<usize> = job
+            .seqs
+            .iter()
+            .map(|c| {
+                let on_prompt = common_prefix(c, before);
+                let on_ref = reference.map_or(0, |r| common_prefix(c, r));
+                on_prompt.max(on_ref).min(c.len() - 1)
+            })
+            .collect();
+        let max_start = starts.iter().copied().max().unwrap_or(0);
+        let ext = match reference {
+            Some(r) if max_start > l0 => {
+                out[ji].executed += executed_lean(cfg, 1, max_start - l0, l0, Top::QkvOnly);
+                Some(model.extend_prefix(s.cache(), &r[l0..max_start])?)
             }
             _ => None,
         };
-        let full_len = s.len(n);
-        for (&p, idxs) in &groups {
-            let seq = full_len - l0 - p;
+        let mut groups: BTreeMap<(usize, usize), Vec<usize>> = BTreeMap::new();
+        for (i, (c, &p)) in job.seqs.iter().zip(&starts).enumerate() {
+            groups.entry((p, c.len())).or_default().push(i);
+        }
+        for ((start, len), idxs) in groups {
             pieces.extend(
-                idxs.chunks((max_rows / seq).max(1))
-                    .map(|c| (ji, p, c.to_vec())),
+                idxs.chunks((max_rows / (len - start)).max(1))
+                    .map(|c| Piece {
+                        job: ji,
+                        start,
+                        len,
+                        cands: c.to_vec(),
+                    }),
             );
         }
-        plans.push(Some(Plan::<B> {
-            l0,
-            full_len,
-            tail: s.sequence(&[])[l0..].to_vec(),
-            positions: s.loss_positions(full_len),
-            ext,
-        }));
+        plans.push(Plan::<B> { l0, ext });
     }
     let calls = Calls {
         v,
@@ -173,7 +186,6 @@ pub fn score_many<B: Backend>(
         plans: &plans,
         loss,
     };
-    let plan = |ji: usize| calls.plan(ji);
     let mut at = 0;
     while at < pieces.len() {
         // An out-of-memory split in an earlier call lowers the cap for the calls after it.
@@ -181,7 +193,7 @@ pub fn score_many<B: Backend>(
         let mut end = at;
         let mut rows_in = 0;
         while end < pieces.len() {
-            let r = calls.piece_rows(&pieces[end]);
+            let r = pieces[end].rows();
             if end > at && rows_in + r > limit {
                 break;
             }
@@ -191,43 +203,41 @@ pub fn score_many<B: Backend>(
         let call = &pieces[at..end];
         at = end;
         // Counted once per call as planned, whether or not it is split below.
-        for (ji, p, chunk) in call {
-            let pl = plan(*ji);
+        for pc in call {
+            let s = jobs[pc.job].subject;
             let top = Top::Rows {
-                rows: chunk.len() * pl.positions.len(),
+                rows: pc.cands.len() * s.goal.rows_per_sequence(),
                 shortcut: v.fast.shortcut,
             };
-            let (start, seq) = (pl.l0 + p, pl.seq(*p));
-            out[*ji].executed += executed_lean(cfg, chunk.len(), seq, start, top);
+            out[pc.job].executed += executed_lean(cfg, pc.cands.len(), pc.seq(), pc.start, top);
         }
         calls.run_or_split(call, &mut out)?;
     }
     Ok(out)
 }
 
-/// (job, group start p, candidate indices): candidates of one job that share a prefix.
-type Piece = (usize, usize, Vec<usize>);
+/// Every sequence is long enough for the goal's loss positions.
+fn check_seqs<B: Backend>(s: &Subject<B>, seqs: &[Vec<u32>]) -> Result<()> {
+    let need = s.goal.rows_per_sequence() + s.goal.suffix_ids().len().min(1);
+    match seqs.iter().position(|c| c.len() < need.max(1)) {
+        Some(i) => Err(Error::input(format!(
+            "example {}: candidate {i} has {} tokens, too few for its goal",
+            s.index,
+            seqs[i].len()
+        ))),
+        None => Ok(()),
+    }
+}
 
 /// What running a packed call of pieces needs.
 struct Calls<'c, 'a, B: Backend> {
     v: &'c Victim<'a, B>,
     jobs: &'c [Job<'a, B>],
-    plans: &'c [Option<Plan<B>>],
+    plans: &'c [Plan<B>],
     loss: LossKind,
 }
 
 impl<B: Backend> Calls<'_, '_, B> {
-    fn plan(&self, ji: usize) -> &Plan<B> {
-        self.plans[ji]
-            .as_ref()
-            .expect("jobs with pieces have a plan")
-    }
-
-    /// Rows a piece adds to a call.
-    fn piece_rows(&self, (ji, p, c): &Piece) -> usize {
-        c.len() * self.plan(*ji).seq(*p)
-    }
-
     /// Runs `call`; when the device runs out of memory, splits it in half (between pieces,
     /// or a lone piece's candidates) and runs the halves, down to a single candidate. A
     /// candidate's logits do not depend on which others share its call, so the results are
@@ -241,7 +251,7 @@ impl<B: Backend> Calls<'_, '_, B> {
                 };
                 // Later calls (this step's and the next steps') pack at most half of what
                 // did not fit.
-                let rows: usize = call.iter().map(|pc| self.piece_rows(pc)).sum();
+                let rows: usize = call.iter().map(Piece::rows).sum();
                 self.v.rows_cap.lower(rows / 2);
                 self.run_or_split(&a, out)?;
                 self.run_or_split(&b, out)
@@ -255,34 +265,32 @@ impl<B: Backend> Calls<'_, '_, B> {
         let (v, jobs) = (self.v, self.jobs);
         let mut batches = Vec::with_capacity(call.len());
         let mut rows = Vec::with_capacity(call.len());
-        for (ji, p, chunk) in call {
-            let pl = self.plan(*ji);
-            let (start, seq) = (pl.l0 + p, pl.seq(*p));
-            let mut ids = Vec::with_capacity(chunk.len() * seq);
-            for &i in chunk {
-                ids.extend_from_slice(&jobs[*ji].cands[i][*p..]);
-                ids.extend_from_slice(&pl.tail);
+        for pc in call {
+            let (job, seq) = (&jobs[pc.job], pc.seq());
+            let mut ids = Vec::with_capacity(pc.rows());
+            for &i in &pc.cands {
+                ids.extend_from_slice(&job.seqs[i][pc.start..]);
             }
             batches.push(Batch {
                 ids,
-                batch: chunk.len(),
+                batch: pc.cands.len(),
                 seq,
-                lens: vec![seq; chunk.len()],
+                lens: vec![seq; pc.cands.len()],
             });
-            let pos = &pl.positions;
+            let pos = job.subject.loss_positions(pc.len);
             rows.push(
-                (0..chunk.len())
-                    .flat_map(|b| pos.iter().map(move |&t| b * seq + t - start))
+                (0..pc.cands.len())
+                    .flat_map(|b| pos.iter().map(move |&t| b * seq + t - pc.start))
                     .collect::<Vec<usize>>(),
             );
         }
         let mut segs = Vec::with_capacity(call.len());
-        for (k, (ji, p, _)) in call.iter().enumerate() {
-            let (pl, s) = (self.plan(*ji), jobs[*ji].subject);
-            let prefix = match (&pl.ext, *p) {
-                (_, 0) => s.cache().map(PrefixView::all),
-                (Some(e), p) => Some(PrefixView::new(e, pl.l0 + p)?),
-                (None, _) => unreachable!("groups past 0 exist only with a reference"),
+        for (k, pc) in call.iter().enumerate() {
+            let (pl, s) = (&self.plans[pc.job], jobs[pc.job].subject);
+            let prefix = match pc.start {
+                0 => None,
+                p if p <= pl.l0 => Some(PrefixView::new(s.cache().expect("checked"), p)?),
+                p => Some(PrefixView::new(pl.ext.as_ref().expect("built"), p)?),
             };
             segs.push(Segment {
                 prefix,
@@ -293,13 +301,14 @@ impl<B: Backend> Calls<'_, '_, B> {
         let logits = v.model.logits_multi(&segs, v.fast.shortcut)?;
         let width = v.width();
         let mut z = logits.as_slice();
-        for (ji, _, chunk) in call {
-            let block = self.plan(*ji).positions.len() * width;
-            let goal = &jobs[*ji].subject.goal;
-            for &i in chunk {
+        for pc in call {
+            let goal = &jobs[pc.job].subject.goal;
+            let block = goal.rows_per_sequence() * width;
+            for &i in &pc.cands {
                 let (zi, rest) = z.split_at(block);
                 z = rest;
-                (out[*ji].losses[i], out[*ji].success[i]) = evaluate(goal, self.loss, zi, width);
+                (out[pc.job].losses[i], out[pc.job].success[i]) =
+                    evaluate(goal, self.loss, zi, width);
             }
         }
         Ok(())
@@ -310,12 +319,16 @@ impl<B: Backend> Calls<'_, '_, B> {
 fn halve(call: &[Piece]) -> Option<(Vec<Piece>, Vec<Piece>)> {
     match call {
         [] => None,
-        [(ji, p, c)] => {
-            if c.len() < 2 {
+        [pc] => {
+            if pc.cands.len() < 2 {
                 return None;
             }
-            let (a, b) = c.split_at(c.len() / 2);
-            Some((vec![(*ji, *p, a.to_vec())], vec![(*ji, *p, b.to_vec())]))
+            let (a, b) = pc.cands.split_at(pc.cands.len() / 2);
+            let part = |c: &[usize]| Piece {
+                cands: c.to_vec(),
+                ..pc.clone()
+            };
+            Some((vec![part(a)], vec![part(b)]))
         }
         _ => {
             let (a, b) = call.split_at(call.len() / 2);
@@ -324,49 +337,61 @@ fn halve(call: &[Piece]) -> Option<(Vec<Piece>, Vec<Piece>)> {
     }
 }
 
-/// Scores `cands` on full sequences: no cache, no grouping, no shortcut.
+/// Scores attacks `cands` on full sequences: no cache, no grouping, no shortcut.
 pub fn score_naive<B: Backend>(
     v: &Victim<B>,
     s: &Subject<B>,
     cands: &[Vec<u32>],
     loss: LossKind,
 ) -> Result<Scored> {
-    if cands.is_empty() {
-        return Ok(Scored::default());
-    }
-    let n = check_lengths(cands)?;
+    let seqs: Vec<Vec<u32>> = cands.iter().map(|c| s.sequence(c)).collect();
+    score_naive_seqs(v, s, &seqs, loss)
+}
+
+/// [`score_naive`] of full sequences (of any lengths: equal lengths share a batch).
+pub fn score_naive_seqs<B: Backend>(
+    v: &Victim<B>,
+    s: &Subject<B>,
+    seqs: &[Vec<u32>],
+    loss: LossKind,
+) -> Result<Scored> {
     s.goal.validate(v.width())?;
-    let seq = s.len(n);
-    let positions = s.loss_positions(seq);
-    let (m, width) = (positions.len(), v.width());
-    let mut out = Scored::default();
-    for chunk in cands.chunks((max_rows(&v.model.cfg) / seq).max(1)) {
-        let ids: Vec<u32> = chunk.iter().flat_map(|c| s.sequence(c)).collect();
-        let batch = Batch {
-            ids,
-            batch: chunk.len(),
-            seq,
-            lens: vec![seq; chunk.len()],
-        };
-        let rows: Vec<usize> = (0..chunk.len())
-            .flat_map(|b| positions.iter().map(move |&t| b * seq + t))
-            .collect();
-        let logits = v.model.logits_at_rows(None, &batch, &rows, false)?;
-        for b in 0..chunk.len() {
-            let (l, ok) = evaluate(
-                &s.goal,
-                loss,
-                &logits[b * m * width..(b + 1) * m * width],
-                width,
-            );
-            out.losses.push(l);
-            out.success.push(ok);
+    check_seqs(s, seqs)?;
+    let width = v.width();
+    let mut out = Scored {
+        losses: vec![0.0; seqs.len()],
+        success: vec![false; seqs.len()],
+        executed: 0.0,
+    };
+    let mut by_len: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for (i, c) in seqs.iter().enumerate() {
+        by_len.entry(c.len()).or_default().push(i);
+    }
+    for (seq, idxs) in by_len {
+        let positions = s.loss_positions(seq);
+        let m = positions.len();
+        for chunk in idxs.chunks((max_rows(&v.model.cfg) / seq).max(1)) {
+            let ids: Vec<u32> = chunk.iter().flat_map(|&i| seqs[i].clone()).collect();
+            let batch = Batch {
+                ids,
+                batch: chunk.len(),
+                seq,
+                lens: vec![seq; chunk.len()],
+            };
+            let rows: Vec<usize> = (0..chunk.len())
+                .flat_map(|b| positions.iter().map(move |&t| b * seq + t))
+                .collect();
+            let logits = v.model.logits_at_rows(None, &batch, &rows, false)?;
+            for (b, &i) in chunk.iter().enumerate() {
+                let z = &logits[b * m * width..(b + 1) * m * width];
+                (out.losses[i], out.success[i]) = evaluate(&s.goal, loss, z, width);
+            }
+            let top = Top::Rows {
+                rows: rows.len(),
+                shortcut: false,
+            };
+            out.executed += executed_lean(&v.model.cfg, chunk.len(), seq, 0, top);
         }
-        let top = Top::Rows {
-            rows: rows.len(),
-            shortcut: false,
-        };
-        out.executed += executed_lean(&v.model.cfg, chunk.len(), seq, 0, top);
     }
     Ok(out)
 }

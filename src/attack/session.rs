@@ -5,7 +5,10 @@
 use super::budget::{pretraining_flops, Budget};
 use super::gcg::{Gcg, GcgConfig};
 use super::random_token::{RandomToken, RandomTokenConfig};
-use super::results::{prepare_dir, ResultsLog, RESULTS_FILE, SUMMARY_FILE};
+use super::beast::{Beast, BeastConfig};
+use super::results::{
+    prepare_dir, write_jsonl_atomic, ResultsLog, EXAMPLES_FILE, RESULTS_FILE, SUMMARY_FILE,
+};
 use super::runner::{run, Progress, RunOptions, RunOutput};
 use super::subject::{build_subjects, FastPaths, GoalSpec, Subject, Victim};
 use super::summary::RunInfo;
@@ -30,14 +33,40 @@ pub use crate::bundled::DEFAULT_MODEL;
 pub enum AttackSpec {
     Gcg(GcgConfig),
     RandomToken(RandomTokenConfig),
+    Beast(BeastConfig),
+}
+
+/// What building an attack may need: the victim (its backend, for a sampler), its
+/// tokenizer, and the run's token pool setting.
+pub struct BuildCtx<'a, B: Backend> {
+    pub model: &'a Model<B>,
+    pub tok: &'a Tokenizer,
+    /// Propose only tokens that decode to printable ASCII (nanoGCG's pool).
+    pub ascii_only: bool,
 }
 
 impl AttackSpec {
-    pub fn build<B: Backend>(&self) -> Box<dyn Attack<B>> {
-        match self {
+    /// The attack, with what it needs loaded (BEAST's sampler, on the victim's backend).
+    pub fn build<'a, B: Backend + Clone + 'a>(
+        &self,
+        ctx: &BuildCtx<'_, B>,
+    ) -> Result<Box<dyn Attack<B> + 'a>> {
+        Ok(match self {
             AttackSpec::Gcg(c) => Box::new(Gcg::new(c.clone())),
-            AttackSpec::RandomToken(c) => Box::new(RandomToken::new(c.clone())),
-        }
+            AttackSpec::RandomToken(c) => {
+                let vocab = ctx.model.cfg.vocab;
+                let pool = match ctx.ascii_only {
+                    true => Vocab::from_tokenizer(ctx.tok, vocab, true)?,
+                    false => Vocab::random_token_pool(ctx.tok, vocab)?,
+                };
+                Box::new(RandomToken::new(c.clone(), pool))
+            }
+            AttackSpec::Beast(c) => Box::new(Beast::load(
+                c.clone(),
+                ctx.model.backend().clone(),
+                ctx.tok,
+            )?),
+        })
     }
 
     /// The same attack with another seed (adversarial training gives each round its own).
@@ -46,6 +75,7 @@ impl AttackSpec {
         match &mut a {
             AttackSpec::Gcg(c) => c.seed = seed,
             AttackSpec::RandomToken(c) => c.seed = seed,
+            AttackSpec::Beast(c) => c.seed = seed,
         }
         a
     }
@@ -54,13 +84,15 @@ impl AttackSpec {
         match self {
             AttackSpec::Gcg(c) => c.seed,
             AttackSpec::RandomToken(c) => c.seed,
+            AttackSpec::Beast(c) => c.seed,
         }
     }
 
+    /// Whether subjects need GCG's retokenization check.
     fn filter(&self) -> bool {
         match self {
             AttackSpec::Gcg(c) => c.filter,
-            AttackSpec::RandomToken(c) => c.filter,
+            AttackSpec::RandomToken(_) | AttackSpec::Beast(_) => false,
         }
     }
 }
@@ -79,13 +111,18 @@ pub struct Plan {
     pub attack_tokens: usize,
     /// Text the attack tokens are initialised from.
     pub init: String,
-    /// Propose only tokens that decode to printable ASCII.
+    /// Propose only tokens that decode to printable ASCII (nanoGCG's pool; the study's is
+    /// every non-special id).
     pub ascii_only: bool,
     /// Target string for causal LMs (default: the wrong label's name).
     pub target: Option<String>,
     pub budget: Budget,
     pub group_size: usize,
     pub fast: FastPaths,
+    /// Pretraining tokens D of the checkpoint's causal LM, for compute fractions (default:
+    /// the matching preset's; unknown for other checkpoints).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pretrain_tokens: Option<f64>,
 }
 
 impl Plan {
@@ -101,7 +138,7 @@ impl Plan {
             attack: AttackSpec::Gcg(GcgConfig::default()),
             attack_tokens: 10,
             init: ATTACK_INIT_TEXT.into(),
-            ascii_only: true,
+            ascii_only: false,
             target: None,
             budget: Budget {
                 iterations: 10,
@@ -109,6 +146,7 @@ impl Plan {
             },
             group_size: 20,
             fast: FastPaths::default(),
+            pretrain_tokens: None,
         }
     }
 }
@@ -171,7 +209,7 @@ pub fn run_plan(
 
 /// [`run_plan`] on any backend (e.g. `GpuBackend<CudaDevice>`): the checkpoint is loaded
 /// onto `backend`, and everything else is the same.
-pub fn run_plan_on<B: Backend>(
+pub fn run_plan_on<B: Backend + Clone>(
     plan: &Plan,
     backend: B,
     out: &Path,
@@ -221,7 +259,7 @@ pub struct ExampleRun<'a> {
 /// and example fields of `plan` are only recorded): the part of a run after loading, shared
 /// by `attack`, adversarial training and evaluation. Returns the run and its subjects, whose
 /// states hold each example's final attack.
-pub fn attack_examples<B: Backend>(
+pub fn attack_examples<B: Backend + Clone>(
     plan: &Plan,
     t: &Target<'_, B>,
     examples: &[Example],
@@ -272,7 +310,11 @@ pub fn attack_examples<B: Backend>(
     let config = serde_json::to_value(plan).map_err(|e| Error::Other(e.to_string()))?;
     prepare_dir(out, &config, run_opts.overwrite)?;
     let mut log = ResultsLog::open(&out.join(RESULTS_FILE))?;
-    let attack = plan.attack.build::<B>();
+    let attack = plan.attack.build::<B>(&BuildCtx {
+        model,
+        tok,
+        ascii_only: plan.ascii_only,
+    })?;
     let n_params = model.param_count();
     let info = RunInfo {
         attack: attack.name().into(),
@@ -280,7 +322,7 @@ pub fn attack_examples<B: Backend>(
         model: t.label.clone(),
         threat: threat.to_string(),
         n_params,
-        pretraining_flops: pretraining_flops(&model.cfg),
+        pretraining_flops: pretraining_flops(&model.cfg, plan.pretrain_tokens),
     };
     let opts = RunOptions {
         budget: plan.budget,
@@ -298,9 +340,12 @@ pub fn attack_examples<B: Backend>(
         progress,
     )?;
     if res.complete {
+        write_jsonl_atomic(&out.join(EXAMPLES_FILE), &res.examples)?;
         let p = out.join(SUMMARY_FILE);
         let text = serde_json::to_string_pretty(&res.summary).expect("plain data");
-        std::fs::write(&p, text).map_err(|e| Error::io(&p, e))?;
+        let tmp = p.with_extension("json.tmp");
+        std::fs::write(&tmp, text).map_err(|e| Error::io(&tmp, e))?;
+        std::fs::rename(&tmp, &p).map_err(|e| Error::io(&p, e))?;
     }
     Ok((res, subjects))
 }

@@ -6,7 +6,9 @@ use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::model::transformer::PrefixCache;
 use crate::model::Model;
-use crate::task::{layout, Example, RetokCheck, TaskDef, ThreatModel, TokenizedPrompt};
+use crate::task::{
+    layout, Example, PromptParts, RetokCheck, TaskDef, ThreatModel, TokenizedPrompt,
+};
 use crate::tokenize::Tokenizer;
 use serde::{Deserialize, Serialize};
 
@@ -78,22 +80,35 @@ impl<B: Backend> Victim<'_, B> {
     }
 }
 
-/// A GCG buffer entry: an attack with its loss and whether it succeeded.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct BufferEntry {
-    #[serde(with = "super::results::nullable_f32")]
-    pub loss: f32,
-    pub ids: Vec<u32>,
-    pub success: bool,
-}
-
-/// What an attack carries from one iteration to the next (restored on resume).
+/// What an attack carries from one iteration to the next (written with every iteration's
+/// results line and restored from it on resume).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct AttackState {
-    /// The current attack tokens.
+    /// The current attack tokens (what the attack proposes for the slot).
     pub ids: Vec<u32>,
-    /// GCG's buffer of best attacks, best first (empty without a buffer).
-    pub buffer: Vec<BufferEntry>,
+    /// The prompt tokens the victim read for the current attack, when the attack puts its
+    /// text into the prompt and retokenizes it whole (random token, BEAST); `None`: the
+    /// victim read `before ++ ids ++ after`.
+    pub prompt: Option<Vec<u32>>,
+    /// The attack's own per-example state (GCG's buffer, BEAST's beam), as JSON: each
+    /// attack reads and writes its own type with [`AttackState::data`] /
+    /// [`AttackState::set_data`]; `Null` when it keeps none.
+    pub data: serde_json::Value,
+}
+
+impl AttackState {
+    /// The attack's own state, or `T::default()` when none was stored.
+    pub fn data<T: serde::de::DeserializeOwned + Default>(&self) -> Result<T> {
+        if self.data.is_null() {
+            return Ok(T::default());
+        }
+        T::deserialize(&self.data)
+            .map_err(|e| Error::Other(format!("attack state does not match the attack: {e}")))
+    }
+
+    pub fn set_data<T: Serialize>(&mut self, d: &T) {
+        self.data = serde_json::to_value(d).expect("plain data");
+    }
 }
 
 /// One example under attack.
@@ -101,6 +116,9 @@ pub struct Subject<B: Backend> {
     /// Index of the example in the run (also keys its random streams).
     pub index: usize,
     pub prompt: TokenizedPrompt,
+    /// The prompt text around the slot (None for subjects built from raw ids, which no
+    /// attack that retokenizes text can run on).
+    pub parts: Option<PromptParts>,
     /// The clean prompt tokenized whole (what is classified before the attack).
     pub clean_ids: Vec<u32>,
     pub goal: Goal,
@@ -116,6 +134,7 @@ impl<B: Backend> Subject<B> {
         Subject {
             index,
             prompt,
+            parts: None,
             clean_ids,
             goal,
             retok: None,
@@ -129,6 +148,38 @@ impl<B: Backend> Subject<B> {
         let mut s = self.prompt.ids(attack);
         s.extend_from_slice(self.goal.suffix_ids());
         s
+    }
+
+    /// The prompt tokens the victim reads for the current attack (no goal suffix).
+    pub fn read_ids(&self) -> Vec<u32> {
+        match &self.state.prompt {
+            Some(p) => p.clone(),
+            None => self.prompt.ids(&self.state.ids),
+        }
+    }
+
+    /// The full sequence of the current attack (`read_ids ++ target`).
+    pub fn current_sequence(&self) -> Vec<u32> {
+        self.with_suffix(self.read_ids())
+    }
+
+    /// `prompt ++ target`.
+    pub fn with_suffix(&self, mut prompt: Vec<u32>) -> Vec<u32> {
+        prompt.extend_from_slice(self.goal.suffix_ids());
+        prompt
+    }
+
+    /// The prompt with `attack` text in the slot, tokenized whole (no filter): what the
+    /// study's random-token and BEAST attacks gave the victim.
+    pub fn retokenized(&self, tok: &Tokenizer, attack: &str) -> Result<Vec<u32>> {
+        let parts = self.parts.as_ref().ok_or_else(|| {
+            Error::input(format!(
+                "example {}: this attack puts text into the prompt, and the subject was \
+                 built from token ids without the prompt text",
+                self.index
+            ))
+        })?;
+        tok.encode(&parts.with_attack(attack))
     }
 
     /// Tokens in the full sequence with `n_attack` attack tokens.
@@ -231,6 +282,7 @@ pub fn build_subjects<B: Backend>(
             let mut clean_ids = tok.encode(&parts.clean())?;
             clean_ids.extend_from_slice(goal.suffix_ids());
             let mut s = Subject::new(i, prompt, clean_ids, goal);
+            s.parts = Some(parts);
             if filter {
                 s.retok = Some(RetokCheck::new(tok, &s.prompt)?);
             }

@@ -1,7 +1,14 @@
 //! The summary of a run: ASR per iteration over the examples attacked (those classified
 //! correctly before the attack), FLOPs, and the compute to reach 1%, 2% and 5% ASR as
-//! tasks.md defines it.
+//! science.md defines it.
+//!
+//! Two ASR curves: `asr_current[i]`, the fraction whose *current* attack succeeds after
+//! iteration i (the study's curve for GCG and BEAST), and `asr_cumulative[i]`, the fraction
+//! broken at some iteration <= i (the study's for random token). `asr` is the study's curve
+//! for the run's attack (`asr_kind` names it); `final_asr`, `iterations_to_asr` and
+//! `compute_to_asr` are computed on it.
 
+use super::AsrKind;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -17,6 +24,8 @@ pub struct ExampleTrack {
     pub iterations: usize,
     /// First iteration after which the example was broken.
     pub broken_at: Option<usize>,
+    /// Whether the current attack succeeded after each iteration (index i - 1).
+    pub current: Vec<bool>,
     pub nominal: f64,
     pub executed: f64,
 }
@@ -29,8 +38,9 @@ pub struct RunInfo {
     pub model: String,
     pub threat: String,
     pub n_params: usize,
-    /// 6·N·D of the model's family.
-    pub pretraining_flops: f64,
+    /// 6·N_gen·D (see `budget::pretraining_flops`); null when the checkpoint's pretraining
+    /// is unknown (not a preset's shape and no `--pretrain-tokens`).
+    pub pretraining_flops: Option<f64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -46,9 +56,20 @@ pub struct Summary {
     pub attacked_already_successful: usize,
     /// Most iterations any example ran.
     pub iterations: usize,
-    /// asr[i]: fraction of attacked examples broken after i iterations (asr[0] = 0).
+    /// Which curve `asr` is (the study's for this attack).
+    pub asr_kind: AsrKind,
+    /// asr[i]: the study's ASR after i iterations (asr[0] = 0): `asr_current` or
+    /// `asr_cumulative`, as `asr_kind` says.
     pub asr: Vec<f64>,
+    /// Fraction of attacked examples whose current attack succeeds after i iterations (an
+    /// example that stopped early keeps its last state).
+    pub asr_current: Vec<f64>,
+    /// Fraction of attacked examples broken at some iteration <= i.
+    pub asr_cumulative: Vec<f64>,
     pub final_asr: f64,
+    /// Iterations in which the filter rejected every candidate (summed over examples).
+    #[serde(default)]
+    pub skipped_iterations: usize,
     /// Totals over attacked examples.
     pub nominal_flops: f64,
     pub executed_flops: f64,
@@ -58,7 +79,8 @@ pub struct Summary {
     /// Keys "1%", "2%", "5%": interpolated iteration at which the ASR curve crosses the
     /// level (null if it never does).
     pub iterations_to_asr: BTreeMap<String, Option<f64>>,
-    /// That iteration x mean nominal FLOPs per iteration per example / pretraining compute.
+    /// That iteration x mean nominal FLOPs per iteration per example / pretraining compute
+    /// (null if never reached, or if the pretraining compute is unknown).
     pub compute_to_asr: BTreeMap<String, Option<f64>>,
     /// Wall time of all iterations, per iteration of a group of examples, and per example.
     pub wall_s: f64,
@@ -81,22 +103,50 @@ fn level_name(x: f64) -> String {
 }
 
 /// `units`: (wall seconds, examples) of every iteration unit run.
-pub fn summarize(info: RunInfo, tracks: &[ExampleTrack], units: &[(f64, usize)]) -> Summary {
+/// ASR curves of `tracks` (attacked ones only): (current, cumulative), each with
+/// `iterations + 1` points from iteration 0 (ASR 0).
+pub fn asr_curves(tracks: &[ExampleTrack]) -> (Vec<f64>, Vec<f64>) {
     let attacked: Vec<&ExampleTrack> = tracks.iter().filter(|t| t.attacked).collect();
     let n = attacked.len();
     let iterations = attacked.iter().map(|t| t.iterations).max().unwrap_or(0);
-    let asr: Vec<f64> = (0..=iterations)
-        .map(|i| match n {
-            0 => 0.0,
-            _ => {
-                let broken = attacked
-                    .iter()
-                    .filter(|t| t.broken_at.is_some_and(|b| b <= i))
-                    .count();
-                broken as f64 / n as f64
-            }
-        })
-        .collect();
+    let frac = |k: usize| if n == 0 { 0.0 } else { k as f64 / n as f64 };
+    let mut current = vec![0.0];
+    let mut cumulative = vec![0.0];
+    for i in 1..=iterations {
+        let now = attacked
+            .iter()
+            .filter(|t| match t.current.len() {
+                0 => false,
+                m => t.current[i.min(m) - 1],
+            })
+            .count();
+        let broken = attacked
+            .iter()
+            .filter(|t| t.broken_at.is_some_and(|b| b <= i))
+            .count();
+        current.push(frac(now));
+        cumulative.push(frac(broken));
+    }
+    (current, cumulative)
+}
+
+/// `units`: (wall seconds, examples) of every iteration unit run; `skipped`: iterations
+/// the filter skipped.
+pub fn summarize(
+    info: RunInfo,
+    kind: AsrKind,
+    tracks: &[ExampleTrack],
+    units: &[(f64, usize)],
+    skipped: usize,
+) -> Summary {
+    let attacked: Vec<&ExampleTrack> = tracks.iter().filter(|t| t.attacked).collect();
+    let n = attacked.len();
+    let iterations = attacked.iter().map(|t| t.iterations).max().unwrap_or(0);
+    let (asr_current, asr_cumulative) = asr_curves(tracks);
+    let asr = match kind {
+        AsrKind::Current => asr_current.clone(),
+        AsrKind::Cumulative => asr_cumulative.clone(),
+    };
     let nominal: f64 = attacked.iter().map(|t| t.nominal).sum();
     let executed: f64 = attacked.iter().map(|t| t.executed).sum();
     let example_iters: usize = attacked.iter().map(|t| t.iterations).sum();
@@ -112,7 +162,8 @@ pub fn summarize(info: RunInfo, tracks: &[ExampleTrack], units: &[(f64, usize)])
         iterations_to_asr.insert(level_name(x), it);
         compute_to_asr.insert(
             level_name(x),
-            it.map(|i| i * nominal_per / info.pretraining_flops),
+            it.zip(info.pretraining_flops)
+                .map(|(i, p)| i * nominal_per / p),
         );
     }
     let wall: f64 = units.iter().map(|u| u.0).sum();
@@ -124,7 +175,11 @@ pub fn summarize(info: RunInfo, tracks: &[ExampleTrack], units: &[(f64, usize)])
         attacked_already_successful: attacked.iter().filter(|t| t.clean_success).count(),
         iterations,
         final_asr: *asr.last().unwrap_or(&0.0),
+        asr_kind: kind,
         asr,
+        asr_current,
+        asr_cumulative,
+        skipped_iterations: skipped,
         nominal_flops: nominal,
         executed_flops: executed,
         nominal_flops_per_iteration: nominal_per,
@@ -144,6 +199,26 @@ pub fn summarize(info: RunInfo, tracks: &[ExampleTrack], units: &[(f64, usize)])
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn current_and_cumulative_curves_differ_when_an_attack_falls_back() {
+        let t = |current: Vec<bool>, broken_at| ExampleTrack {
+            attacked: true,
+            iterations: current.len(),
+            broken_at,
+            current,
+            ..Default::default()
+        };
+        // Example 0 succeeds at 1 and loses it at 2; example 1 succeeds from 2 on, stops at 2.
+        let tracks = [
+            t(vec![true, false, false], Some(1)),
+            t(vec![false, true], Some(2)),
+            ExampleTrack::default(),
+        ];
+        let (cur, cum) = asr_curves(&tracks);
+        assert_eq!(cur, vec![0.0, 0.5, 0.5, 0.5]);
+        assert_eq!(cum, vec![0.0, 0.5, 1.0, 1.0]);
+    }
 
     #[test]
     fn crossing_interpolates_linearly() {

@@ -17,10 +17,21 @@ pub struct Vocab {
 
 impl Vocab {
     /// Every id the tokenizer knows (below the model's `model_vocab` rows) except special
-    /// tokens and ids that decode to nothing. With `ascii_only` (nanoGCG's default), also
-    /// only ids that decode, on their own, to printable ASCII (' '..='~').
+    /// tokens: the study's GCG pool (ids that decode to nothing or do not round-trip are
+    /// left to the filter). With `ascii_only` (nanoGCG's default), only ids that decode, on
+    /// their own, to non-empty printable ASCII (' '..='~').
     pub fn from_tokenizer(tok: &Tokenizer, model_vocab: usize, ascii_only: bool) -> Result<Self> {
-        let n = model_vocab.min(tok.vocab_size());
+        Self::below(tok, model_vocab.min(tok.vocab_size()), model_vocab, ascii_only)
+    }
+
+    /// The study's random-token pool: ids in [0, tokenizer vocab size) — the base
+    /// vocabulary, so added tokens are never drawn — minus special ids, below `model_vocab`.
+    pub fn random_token_pool(tok: &Tokenizer, model_vocab: usize) -> Result<Self> {
+        let base = tok.inner().get_vocab_size(false);
+        Self::below(tok, model_vocab.min(base), model_vocab, false)
+    }
+
+    fn below(tok: &Tokenizer, n: usize, model_vocab: usize, ascii_only: bool) -> Result<Self> {
         let special = special_token_ids(tok);
         let ok: Vec<bool> = (0..n as u32)
             .into_par_iter()
@@ -28,8 +39,11 @@ impl Vocab {
                 if special.binary_search(&id).is_ok() {
                     return Ok(false);
                 }
+                if !ascii_only {
+                    return Ok(true);
+                }
                 let s = tok.decode(&[id])?;
-                Ok(!s.is_empty() && (!ascii_only || s.bytes().all(|b| (b' '..=b'~').contains(&b))))
+                Ok(!s.is_empty() && s.bytes().all(|b| (b' '..=b'~').contains(&b)))
             })
             .collect::<Result<_>>()?;
         let mut mask = ok;

@@ -219,7 +219,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             &bar,
             format!(
                 "round {:>3}: attack {} it, ASR {:5.1}% | pool {:>6} | train {} ex ({} adv), \
-                 loss {:.4} | defense {:.3e} FLOPs ({:.3e} of pretraining) | {:.1} s",
+                 loss {:.4} | defense {:.3e} FLOPs ({} of pretraining) | {:.1} s",
                 r.round,
                 r.attack_iterations,
                 100.0 * r.attack_asr,
@@ -228,7 +228,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 r.train_adversarial,
                 r.train_loss,
                 r.defense_nominal_flops,
-                r.defense_fraction_of_pretraining,
+                fraction(r.defense_fraction_of_pretraining),
                 r.attack_wall_s + r.train_wall_s
             ),
         ),
@@ -247,12 +247,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     let last = res.records.last();
     println!(
-        "done: {} rounds, defense compute {:.3e} FLOPs nominal ({:.3e} executed, {:.3e} of \
+        "done: {} rounds, defense compute {:.3e} FLOPs nominal ({:.3e} executed, {} of \
          pretraining); checkpoints in {}",
         res.records.len(),
         last.map_or(0.0, |r| r.defense_nominal_flops),
         last.map_or(0.0, |r| r.defense_executed_flops),
-        last.map_or(0.0, |r| r.defense_fraction_of_pretraining),
+        fraction(last.and_then(|r| r.defense_fraction_of_pretraining)),
         a.out.join("checkpoints").display()
     );
     Ok(())
@@ -389,10 +389,10 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
             None => "not reached".into(),
         };
         println!(
-            "{:>6} {:>16.3e} {:>14.3e} {:>7.1}% {:>10} {:>16}",
+            "{:>6} {:>16.3e} {:>14} {:>7.1}% {:>10} {:>16}",
             r.round,
             r.defense_nominal_flops,
-            r.defense_fraction_of_pretraining,
+            fraction(r.defense_fraction_of_pretraining),
             100.0 * r.asr,
             r.attacked,
             c5
@@ -438,5 +438,14 @@ impl OnBackend for EvalJob<'_> {
             self.overwrite,
             &mut progress,
         )?)
+    }
+}
+
+/// A fraction of pretraining compute, or "unknown" (the checkpoint is not a preset's shape
+/// and no --pretrain-tokens was given).
+fn fraction(f: Option<f64>) -> String {
+    match f {
+        Some(f) => format!("{f:.3e}"),
+        None => "unknown".into(),
     }
 }

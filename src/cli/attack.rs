@@ -1,5 +1,6 @@
-//! `armsrace attack`: GCG or random-token attacks on a classifier (or a target string on a
-//! causal LM), with resumable JSONL results and a summary table.
+//! `armsrace attack`: GCG, BEAST or random-token attacks on a classifier (or a target string
+//! on a causal LM), with resumable JSONL results and a summary table; several `--threat`
+//! values give one results directory each (a transfer evaluation in one call).
 
 use super::device::{dispatch, DeviceArgs, OnBackend};
 use armsrace::attack::budget::Budget;
@@ -7,23 +8,23 @@ use armsrace::attack::runner::Progress;
 use armsrace::attack::runner::RunOutput;
 use armsrace::attack::session::{run_plan_on, AttackSpec, Plan, DEFAULT_MODEL};
 use armsrace::attack::summary::Summary;
-use armsrace::attack::{FastPaths, GcgConfig, LossKind, RandomTokenConfig};
+use armsrace::attack::{AsrKind, BeastConfig, FastPaths, GcgConfig, LossKind, RandomTokenConfig};
 use armsrace::backend::Backend;
 use armsrace::task::{ThreatModel, ATTACK_INIT_TEXT};
-use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum Kind {
     Gcg,
     RandomToken,
+    Beast,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum VocabChoice {
     /// Only tokens that decode to printable ASCII (nanoGCG's default).
     Ascii,
-    /// Every non-special token (the study's random-token attack).
+    /// Every non-special token (the study's GCG and random-token pools).
     All,
 }
 
@@ -34,9 +35,23 @@ enum VocabChoice {
 pub struct AttackOpts {
     #[arg(long, value_enum, default_value = "gcg")]
     attack: Kind,
-    /// suffix, prefix, infix:F or infix:FMIN-FMAX (0 < F < 1).
-    #[arg(long, default_value = "suffix")]
-    threat: String,
+    /// suffix, prefix, infix:F or infix:FMIN-FMAX (0 < F < 1). `attack` takes several
+    /// (repeated or comma-separated) and writes one results directory per threat model.
+    #[arg(long, default_value = "suffix", value_delimiter = ',')]
+    threat: Vec<String>,
+    /// BEAST: the sampler, a causal-LM checkpoint with the victim's tokenizer (the study:
+    /// pythia-14m for Pythia, Qwen2.5-0.5B for Qwen2.5).
+    #[arg(long)]
+    sampler: Option<PathBuf>,
+    /// BEAST: beams kept per iteration.
+    #[arg(long, default_value_t = 7)]
+    beam: usize,
+    /// BEAST: tokens sampled per beam and iteration.
+    #[arg(long, default_value_t = 7)]
+    branching: usize,
+    /// BEAST: the sampler's temperature.
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f32,
     /// Seed of the attack's random choices.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -60,15 +75,21 @@ pub struct AttackOpts {
     /// Use nanoGCG's mellowmax loss with this alpha instead of cross-entropy.
     #[arg(long)]
     mellowmax: Option<f32>,
-    /// GCG: stop attacking an example once it is broken.
+    /// Stop attacking an example once it is broken (the study never did: it changes the
+    /// FLOPs and, for GCG, the current-iterate ASR curve).
     #[arg(long)]
     early_stop: bool,
-    /// Tokens an attack may propose (default: ascii for gcg, all for random-token).
-    #[arg(long, value_enum)]
-    vocab: Option<VocabChoice>,
-    /// Do not drop candidates that fail the retokenization check.
+    /// Tokens GCG and random token may propose (the study: all).
+    #[arg(long, value_enum, default_value = "all")]
+    vocab: VocabChoice,
+    /// GCG: keep candidates that fail the validity filter (retokenization of the prompt and
+    /// of the attack, no-op swaps), and skip aligning the initial attack.
     #[arg(long)]
     no_filter: bool,
+    /// Pretraining tokens D of the checkpoint's causal LM, for compute fractions (default:
+    /// the study's D for a Pythia / Qwen2.5 preset shape; unknown for other checkpoints).
+    #[arg(long)]
+    pretrain_tokens: Option<f64>,
     /// Examples attacked together (one batched gradient pass).
     #[arg(long, default_value_t = 20)]
     group_size: usize,
@@ -82,6 +103,7 @@ pub struct AttackOpts {
 }
 
 /// What [`AttackOpts`] decide of a plan.
+#[derive(Clone)]
 pub struct AttackChoice {
     pub attack: AttackSpec,
     pub attack_tokens: usize,
@@ -90,15 +112,49 @@ pub struct AttackChoice {
     pub group_size: usize,
     pub fast: FastPaths,
     pub threat: String,
-    /// The study's iterations for this attack (gcg 10, random-token 1280).
+    pub pretrain_tokens: Option<f64>,
+    /// The study's iterations for this attack (gcg 10, random-token 1280, beast 25).
     pub default_iterations: usize,
-    /// "gcg" or "random-token", for folder names.
+    /// "gcg", "random-token" or "beast", for folder names.
     pub name: &'static str,
 }
 
 impl AttackOpts {
+    /// The attack under its one threat model (an error if several were given).
     pub fn choice(&self) -> anyhow::Result<AttackChoice> {
-        ThreatModel::parse(&self.threat)?;
+        match self.choices()?.as_slice() {
+            [one] => Ok(one.clone()),
+            many => anyhow::bail!(
+                "--threat: this command runs one threat model, got {}",
+                many.len()
+            ),
+        }
+    }
+
+    /// The attack under each `--threat` given, in order.
+    pub fn choices(&self) -> anyhow::Result<Vec<AttackChoice>> {
+        let mut seen = std::collections::BTreeSet::new();
+        for t in &self.threat {
+            let parsed = ThreatModel::parse(t)?;
+            if !seen.insert(parsed.to_string()) {
+                anyhow::bail!("--threat {t} is given twice");
+            }
+        }
+        if self.threat.is_empty() {
+            anyhow::bail!("--threat needs at least one threat model");
+        }
+        let one = self.one(&self.threat[0])?;
+        Ok(self
+            .threat
+            .iter()
+            .map(|t| AttackChoice {
+                threat: t.clone(),
+                ..one.clone()
+            })
+            .collect())
+    }
+
+    fn one(&self, threat: &str) -> anyhow::Result<AttackChoice> {
         let loss = match self.mellowmax {
             Some(alpha) if alpha > 0.0 && alpha.is_finite() => LossKind::Mellowmax { alpha },
             Some(alpha) => anyhow::bail!("--mellowmax: alpha must be positive, got {alpha}"),
@@ -109,6 +165,8 @@ impl AttackOpts {
             ("--search-width", self.search_width),
             ("--topk", self.topk),
             ("--group-size", self.group_size),
+            ("--beam", self.beam),
+            ("--branching", self.branching),
         ] {
             if v == 0 {
                 anyhow::bail!("{name} must be at least 1");
@@ -120,7 +178,13 @@ impl AttackOpts {
                 self.attack_tokens
             );
         }
-        let (attack, iterations, vocab, name) = match self.attack {
+        if self.pretrain_tokens.is_some_and(|d| !(d.is_finite() && d > 0.0)) {
+            anyhow::bail!("--pretrain-tokens must be a positive number of tokens");
+        }
+        if self.sampler.is_some() && self.attack != Kind::Beast {
+            anyhow::bail!("--sampler is BEAST's (--attack beast)");
+        }
+        let (attack, iterations, name) = match self.attack {
             Kind::Gcg => (
                 AttackSpec::Gcg(GcgConfig {
                     search_width: self.search_width,
@@ -133,32 +197,55 @@ impl AttackOpts {
                     seed: self.seed,
                 }),
                 10,
-                VocabChoice::Ascii,
                 "gcg",
             ),
             Kind::RandomToken => (
                 AttackSpec::RandomToken(RandomTokenConfig {
-                    filter: !self.no_filter,
+                    early_stop: self.early_stop,
                     loss,
                     seed: self.seed,
                 }),
                 1280,
-                VocabChoice::All,
                 "random-token",
             ),
+            Kind::Beast => {
+                let Some(sampler) = &self.sampler else {
+                    anyhow::bail!(
+                        "--attack beast needs --sampler DIR: a causal LM with the victim's \
+                         tokenizer (the study used pythia-14m for Pythia victims)"
+                    );
+                };
+                if !(self.temperature.is_finite() && self.temperature > 0.0) {
+                    anyhow::bail!("--temperature must be positive, got {}", self.temperature);
+                }
+                (
+                    AttackSpec::Beast(BeastConfig {
+                        sampler: super::resolve_model(sampler)?,
+                        beam: self.beam,
+                        branching: self.branching,
+                        temperature: self.temperature,
+                        loss,
+                        early_stop: self.early_stop,
+                        seed: self.seed,
+                    }),
+                    25,
+                    "beast",
+                )
+            }
         };
         Ok(AttackChoice {
             attack,
             attack_tokens: self.attack_tokens,
             init: self.init.clone(),
-            ascii_only: self.vocab.unwrap_or(vocab) == VocabChoice::Ascii,
+            ascii_only: self.vocab == VocabChoice::Ascii,
             group_size: self.group_size,
             fast: FastPaths {
                 prefix_cache: !self.no_prefix_cache,
                 group_reuse: !self.no_group_reuse,
                 shortcut: !self.no_shortcut,
             },
-            threat: self.threat.clone(),
+            threat: threat.to_string(),
+            pretrain_tokens: self.pretrain_tokens,
             default_iterations: iterations,
             name,
         })
@@ -193,6 +280,7 @@ impl AttackChoice {
             budget,
             group_size: self.group_size,
             fast: self.fast,
+            pretrain_tokens: self.pretrain_tokens,
         }
     }
 }
@@ -205,7 +293,8 @@ pub struct Args {
     /// password-match, word-length, spam, imdb, helpful, harmless or jsonl:PATH.
     #[arg(long, default_value = "password-match")]
     task: String,
-    /// JSONL examples for dataset tasks ({"text": ..., "label": 0|1} per line).
+    /// JSONL examples for dataset tasks ({"text": ..., "label": 0|1} per line; helpful and
+    /// harmless also take HH-RLHF's {"chosen": ..., "rejected": ...}).
     #[arg(long)]
     data: Option<PathBuf>,
     #[arg(long, default_value_t = 20)]
@@ -213,14 +302,15 @@ pub struct Args {
     /// Seed of the synthetic validation examples.
     #[arg(long, default_value_t = 0)]
     data_seed: u64,
-    /// Iterations per example (default: 10 for gcg, 1280 for random-token, as the study).
+    /// Iterations per example (default: 10 for gcg, 1280 for random-token, 25 for beast).
     #[arg(long)]
     iterations: Option<usize>,
     /// Nominal FLOPs per example; no iteration starts that could exceed it.
     #[arg(long)]
     flop_budget: Option<f64>,
-    /// Results directory (default: runs/attack-<task>-<attack>-seed<seed>). Re-running
-    /// with the same settings resumes.
+    /// Results directory (default: runs/attack-<model>-<task>-<attack>-<threat>-<N>it-seed<S>;
+    /// with several threat models, one subfolder each). Re-running with the same settings
+    /// resumes.
     #[arg(long)]
     out: Option<PathBuf>,
     /// Delete earlier results in --out instead of resuming.
@@ -238,53 +328,80 @@ pub struct Args {
     stop_after: Option<usize>,
 }
 
-fn plan(a: &Args) -> anyhow::Result<Plan> {
+/// One plan per `--threat`.
+fn plans(a: &Args) -> anyhow::Result<Vec<Plan>> {
     if a.examples == 0 {
         anyhow::bail!("--examples must be at least 1");
     }
     if a.flop_budget.is_some_and(|f| f.is_nan() || f <= 0.0) {
         anyhow::bail!("--flop-budget must be a positive number of FLOPs");
     }
-    let choice = a.opts.choice()?;
-    let budget = Budget {
-        iterations: a.iterations.unwrap_or(choice.default_iterations),
-        flops: a.flop_budget,
+    let model = super::resolve_model(&a.model)?;
+    Ok(a.opts
+        .choices()?
+        .into_iter()
+        .map(|choice| {
+            let budget = Budget {
+                iterations: a.iterations.unwrap_or(choice.default_iterations),
+                flops: a.flop_budget,
+            };
+            choice.plan(
+                model.clone(),
+                a.task.clone(),
+                a.data.clone(),
+                a.examples,
+                a.data_seed,
+                a.target.clone(),
+                budget,
+            )
+        })
+        .collect())
+}
+
+/// `s` with every character but [A-Za-z0-9.] as '-'.
+fn slug(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '.' { c } else { '-' })
+        .collect()
+}
+
+/// runs/attack-<model>-<task>-<attack>-<threat>-<iterations>it-seed<seed>: distinct
+/// settings get distinct folders (the rest of the settings a resume checks).
+fn default_out(a: &Args, plan: &Plan, name: &str) -> PathBuf {
+    let model = match plan.model.file_name() {
+        Some(f) => slug(&f.to_string_lossy()),
+        None => "model".into(),
     };
-    Ok(choice.plan(
-        a.model.clone(),
-        a.task.clone(),
-        a.data.clone(),
-        a.examples,
-        a.data_seed,
-        a.target.clone(),
-        budget,
+    PathBuf::from(format!(
+        "runs/attack-{model}-{}-{name}-{}-{}it-seed{}",
+        slug(&a.task),
+        slug(&plan.threat),
+        plan.budget.iterations,
+        a.opts.seed
     ))
 }
 
-fn default_out(a: &Args) -> PathBuf {
-    let task: String = a
-        .task
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .collect();
-    let attack = match a.opts.attack {
-        Kind::Gcg => "gcg",
-        Kind::RandomToken => "random-token",
-    };
-    PathBuf::from(format!("runs/attack-{task}-{attack}-seed{}", a.opts.seed))
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let plans = plans(&a)?;
+    let name = a.opts.choices()?[0].name;
+    let several = plans.len() > 1;
+    for plan in &plans {
+        // Several threat models: one folder each, under --out when given.
+        let out = match (&a.out, several) {
+            (Some(o), false) => o.clone(),
+            (Some(o), true) => o.join(slug(&plan.threat)),
+            (None, _) => default_out(&a, plan, name),
+        };
+        if several {
+            println!("threat model {}: {}", plan.threat, out.display());
+        }
+        run_one(&a, plan, &out)?;
+    }
+    Ok(())
 }
 
-pub fn run(a: Args) -> anyhow::Result<()> {
-    let mut plan = plan(&a)?;
-    plan.model = super::resolve_model(&plan.model)?;
-    let out = a.out.clone().unwrap_or_else(|| default_out(&a));
-    let bar = ProgressBar::new(0);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{elapsed_precise} [{bar:30}] {pos}/{len} example-iterations {msg}",
-        )
-        .expect("template"),
-    );
+fn run_one(a: &Args, plan: &Plan, out: &std::path::Path) -> anyhow::Result<()> {
+    let bar = super::progress_bar("{elapsed_precise} [{bar:30}] {pos}/{len} example-iterations {msg}");
     let mut progress = |p: &Progress| {
         bar.set_length(p.total as u64);
         bar.set_position(p.done as u64);
@@ -294,7 +411,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             100.0 * p.broken as f64 / p.attacked as f64
         };
         bar.set_message(format!(
-            "ASR {asr:.1}% ({}/{}) | nominal {:.3e} | executed {:.3e} FLOPs{}",
+            "broken {asr:.1}% ({}/{}) | nominal {:.3e} | executed {:.3e} FLOPs{}",
             p.broken,
             p.attacked,
             p.nominal,
@@ -303,8 +420,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         ));
     };
     let job = Job {
-        plan: &plan,
-        out: &out,
+        plan,
+        out,
         overwrite: a.overwrite,
         stop_after: a.stop_after,
         progress: &mut progress,
@@ -319,7 +436,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    print_summary(&res.summary, &out);
+    print_summary(&res.summary, out);
     Ok(())
 }
 
@@ -361,30 +478,61 @@ fn print_summary(s: &Summary, out: &std::path::Path) {
         s.skipped
     );
     // FLOP columns: what one example costs for that many iterations (mean per iteration).
+    let (cur, cum) = match s.asr_kind {
+        AsrKind::Current => ("ASR*", "broken"),
+        AsrKind::Cumulative => ("current", "ASR*"),
+    };
     println!(
-        "{:>10} {:>8} {:>18} {:>18}",
-        "iteration", "ASR", "nominal FLOPs/ex", "executed FLOPs/ex"
+        "{:>10} {:>8} {:>8} {:>18} {:>18}",
+        "iteration", cur, cum, "nominal FLOPs/ex", "executed FLOPs/ex"
     );
     for i in rows(s.iterations) {
         println!(
-            "{:>10} {:>7.1}% {:>18.3e} {:>18.3e}",
+            "{:>10} {:>7.1}% {:>7.1}% {:>18.3e} {:>18.3e}",
             i,
-            100.0 * s.asr[i],
+            100.0 * s.asr_current[i],
+            100.0 * s.asr_cumulative[i],
             i as f64 * s.nominal_flops_per_iteration,
             i as f64 * s.executed_flops_per_iteration
         );
     }
-    let pct = |k: &str| match s.compute_to_asr.get(k).copied().flatten() {
-        Some(c) => format!("{c:.3e}"),
-        None => "not reached".into(),
-    };
     println!(
-        "compute to reach ASR (fraction of pretraining compute {:.3e}): 1% {}, 2% {}, 5% {}",
-        s.info.pretraining_flops,
-        pct("1%"),
-        pct("2%"),
-        pct("5%")
+        "ASR* = the study's curve for {}: {}",
+        s.info.attack,
+        match s.asr_kind {
+            AsrKind::Current => {
+                "the current attack succeeds after iteration i ('broken': at some iteration <= i)"
+            }
+            AsrKind::Cumulative => {
+                "broken at some iteration <= i ('current': that iteration's attack succeeds)"
+            }
+        }
     );
+    if s.skipped_iterations > 0 {
+        println!(
+            "{} example-iterations skipped: the filter rejected every candidate",
+            s.skipped_iterations
+        );
+    }
+    match s.info.pretraining_flops {
+        Some(p) => {
+            let pct = |k: &str| match s.compute_to_asr.get(k).copied().flatten() {
+                Some(c) => format!("{c:.3e}"),
+                None => "not reached".into(),
+            };
+            println!(
+                "compute to reach ASR* (fraction of pretraining compute {p:.3e}): 1% {}, 2% {}, \
+                 5% {}",
+                pct("1%"),
+                pct("2%"),
+                pct("5%")
+            );
+        }
+        None => println!(
+            "compute to reach ASR* as a fraction of pretraining: unknown (the checkpoint is \
+             not a Pythia / Qwen2.5 preset; pass --pretrain-tokens D)"
+        ),
+    }
     println!(
         "FLOPs: nominal {:.3e}, executed {:.3e} ({:.1}x fewer)",
         s.nominal_flops,
@@ -395,7 +543,10 @@ fn print_summary(s: &Summary, out: &std::path::Path) {
         "wall {:.1} s: {:.3} s per iteration (examples batched), {:.3} s per example-iteration",
         s.wall_s, s.seconds_per_iteration, s.seconds_per_example_iteration
     );
-    println!("results: {}", out.display());
+    println!(
+        "results: {} (each example's final and best attack as text: examples.jsonl)",
+        out.display()
+    );
 }
 
 /// At most ~12 table rows: every iteration for short runs, evenly spaced for long ones.

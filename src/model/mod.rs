@@ -128,6 +128,11 @@ impl<B: Backend> Model<B> {
         param_count(&self.cfg)
     }
 
+    /// The backend the weights live on.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
     pub fn weights(&self) -> &Weights<B::Buf> {
         &self.weights
     }

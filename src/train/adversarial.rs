@@ -188,8 +188,9 @@ pub struct RoundRecord {
     /// Cumulative defense compute up to and including this round (attacks + training).
     pub defense_nominal_flops: f64,
     pub defense_executed_flops: f64,
-    /// Nominal defense compute divided by pretraining compute.
-    pub defense_fraction_of_pretraining: f64,
+    /// Nominal defense compute divided by pretraining compute (null when the checkpoint's
+    /// pretraining is unknown: pass `--pretrain-tokens`).
+    pub defense_fraction_of_pretraining: Option<f64>,
     pub attack_wall_s: f64,
     pub train_wall_s: f64,
 }
@@ -428,7 +429,7 @@ fn check_config(cfg: &AdvConfig) -> Result<()> {
 }
 
 /// Runs (or resumes) adversarial training into `run` on `backend`.
-pub fn run<B: Backend>(
+pub fn run<B: Backend + Clone>(
     cfg: &AdvConfig,
     backend: B,
     run: &Path,
@@ -486,7 +487,7 @@ pub fn run<B: Backend>(
     let mut losses = state.pool_losses;
     let mut records = state.records;
     write_rounds(run, &records)?;
-    let pretraining = pretraining_flops(&trainer.model.cfg);
+    let pretraining = pretraining_flops(&trainer.model.cfg, cfg.attack.pretrain_tokens);
 
     for r in done + 1..=cfg.rounds {
         // 1. Attack examples of the clean pool on the current model.
@@ -637,7 +638,7 @@ pub fn run<B: Backend>(
             train_executed_flops: train_executed,
             defense_nominal_flops: defense_nominal,
             defense_executed_flops: defense_executed,
-            defense_fraction_of_pretraining: defense_nominal / pretraining,
+            defense_fraction_of_pretraining: pretraining.map(|p| defense_nominal / p),
             attack_wall_s: attack_wall,
             train_wall_s: train_wall,
         };
@@ -722,21 +723,21 @@ pub struct AdvSummary {
     pub pool_size: usize,
     pub defense_nominal_flops: f64,
     pub defense_executed_flops: f64,
-    pub defense_fraction_of_pretraining: f64,
-    pub pretraining_flops: f64,
+    pub defense_fraction_of_pretraining: Option<f64>,
+    pub pretraining_flops: Option<f64>,
     /// Each round's attack ASR (on the examples it attacked, against the model it met).
     pub attack_asr_by_round: Vec<f64>,
     pub wall_s: f64,
 }
 
-fn write_summary(run: &Path, records: &[RoundRecord], pretraining: f64) -> Result<()> {
+fn write_summary(run: &Path, records: &[RoundRecord], pretraining: Option<f64>) -> Result<()> {
     let last = records.last();
     let s = AdvSummary {
         rounds: records.len(),
         pool_size: last.map_or(0, |r| r.pool_size),
         defense_nominal_flops: last.map_or(0.0, |r| r.defense_nominal_flops),
         defense_executed_flops: last.map_or(0.0, |r| r.defense_executed_flops),
-        defense_fraction_of_pretraining: last.map_or(0.0, |r| r.defense_fraction_of_pretraining),
+        defense_fraction_of_pretraining: last.and_then(|r| r.defense_fraction_of_pretraining),
         pretraining_flops: pretraining,
         attack_asr_by_round: records.iter().map(|r| r.attack_asr).collect(),
         wall_s: records
@@ -770,7 +771,7 @@ pub struct EvalRecord {
     pub results: String,
     pub defense_nominal_flops: f64,
     pub defense_executed_flops: f64,
-    pub defense_fraction_of_pretraining: f64,
+    pub defense_fraction_of_pretraining: Option<f64>,
     pub examples: usize,
     pub attacked: usize,
     pub asr: f64,
@@ -826,7 +827,7 @@ pub fn eval_rounds<B: Backend + Clone>(
             results: format!("eval/{name}/round-{r:03}"),
             defense_nominal_flops: rec.map_or(0.0, |x| x.defense_nominal_flops),
             defense_executed_flops: rec.map_or(0.0, |x| x.defense_executed_flops),
-            defense_fraction_of_pretraining: rec.map_or(0.0, |x| x.defense_fraction_of_pretraining),
+            defense_fraction_of_pretraining: rec.and_then(|x| x.defense_fraction_of_pretraining),
             examples: s.examples,
             attacked: s.attacked,
             asr: s.final_asr,
