@@ -3,6 +3,7 @@
 //! prompt of random ids) and on the bundled classifier if it is in the checkout. Prints
 //! seconds per iteration and nominal / executed FLOP/s besides criterion's timing.
 
+use armsrace::attack::runner::prepare_step;
 use armsrace::attack::session::{initial_attack, load_examples, DEFAULT_MODEL};
 use armsrace::attack::subject::build_subjects;
 use armsrace::attack::{Attack, FastPaths, Gcg, GcgConfig, Goal, GoalSpec, Subject, Victim, Vocab};
@@ -53,9 +54,10 @@ fn report(name: &str, v: &Victim<Cpu>, subjects: &mut [Subject<Cpu>], iters: usi
     let t = Instant::now();
     for it in 1..=iters {
         let mut batch: Vec<&mut Subject<Cpu>> = subjects.iter_mut().collect();
-        for r in gcg.step(v, &mut batch, it).expect("step") {
+        let cache = prepare_step(v, &mut batch, it).expect("caches");
+        for (r, c) in gcg.step(v, &mut batch, it).expect("step").iter().zip(cache) {
             nominal += r.nominal;
-            executed += r.executed;
+            executed += r.executed + c;
         }
     }
     let secs = t.elapsed().as_secs_f64();

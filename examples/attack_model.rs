@@ -5,6 +5,7 @@
 //!
 //! MODEL_DIR defaults to the bundled PasswordMatch classifier.
 
+use armsrace::attack::runner::prepare_step;
 use armsrace::attack::session::{initial_attack, load_examples, DEFAULT_MODEL};
 use armsrace::attack::subject::build_subjects;
 use armsrace::attack::{Attack, FastPaths, Gcg, GcgConfig, GoalSpec, Subject, Victim, Vocab};
@@ -35,7 +36,7 @@ fn main() -> anyhow::Result<()> {
         &init,
         true,
     )?;
-    let vocab = Vocab::from_tokenizer(&tok, model.cfg.vocab, true)?;
+    let vocab = Vocab::from_tokenizer(&tok, model.cfg.vocab, false)?;
     let victim = Victim {
         model: &model,
         tok: Some(&tok),
@@ -44,6 +45,11 @@ fn main() -> anyhow::Result<()> {
         rows_cap: Default::default(),
     };
     let gcg = Gcg::new(GcgConfig::default());
+    // What the runner does for every attack: the attack's own setup (GCG aligns its initial
+    // attack in context), then, before each step, the prompt caches.
+    for s in subjects.iter_mut() {
+        gcg.init(&victim, s)?;
+    }
     println!(
         "GCG on {} ({} examples; a real run would first skip misclassified ones)",
         dir.display(),
@@ -53,6 +59,7 @@ fn main() -> anyhow::Result<()> {
     for it in 1..=iterations {
         let t = Instant::now();
         let mut batch: Vec<&mut Subject<Cpu>> = subjects.iter_mut().collect();
+        prepare_step(&victim, &mut batch, it)?;
         let reports = gcg.step(&victim, &mut batch, it)?;
         for (b, r) in broken.iter_mut().zip(&reports) {
             *b |= r.success || r.success_before;

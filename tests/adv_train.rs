@@ -326,7 +326,11 @@ fn the_study_schedule_and_training_set() {
         let c = armsrace::presets::config(preset, Some(2)).unwrap();
         // Tied embeddings (0.5B-3B): the LM head adds nothing; untied (7B, 14B): it adds
         // vocab x hidden. The score head is never counted.
-        let lm_head = if c.tied_embeddings { 0 } else { c.vocab * c.hidden };
+        let lm_head = if c.tied_embeddings {
+            0
+        } else {
+            c.vocab * c.hidden
+        };
         assert_eq!(
             generative_params(&c),
             param_count(&c) - 2 * c.hidden + lm_head,

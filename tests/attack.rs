@@ -532,20 +532,22 @@ fn bundled() -> Option<PathBuf> {
 }
 
 /// At equal nominal FLOPs per example, GCG breaks more examples than random tokens, with
-/// the study's settings (10 iterations, 128 candidates, top-k 256, suffix, 20 examples).
-/// Measured: GCG 75% vs random tokens 50% at 3.8e10 nominal FLOPs per example. At small
-/// budgets random tokens lead (30% vs GCG's 10% after 2 iterations): one GCG iteration
-/// costs as much as ~128 random tries.
+/// the study's settings (10 iterations, 128 candidates, top-k 256, suffix, 20 examples) on
+/// nanoGCG's ASCII token pool for both. Measured: GCG 75% vs random tokens 60% at 3.8e10
+/// nominal FLOPs per example. On the study's full pools the order flips on this toy
+/// classifier (GCG 60%, random tokens 75%): its 1024-token vocabulary is mostly byte pieces,
+/// GCG's filter rejects the swaps that split characters, and random draws of them decode to
+/// U+FFFD, which the model never saw in training.
 #[test]
 fn gcg_beats_random_tokens_at_equal_nominal_flops() {
     let Some(model) = bundled() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let mut plan = Plan::study_gcg(model);
+    plan.ascii_only = true;
     let g = run_plan(&plan, &tmp.path().join("gcg"), false, None, &mut |_| {}).unwrap();
     assert!(g.summary.attacked >= 15, "{} attacked", g.summary.attacked);
     let per_example = g.summary.nominal_flops / g.summary.attacked as f64;
     plan.attack = AttackSpec::RandomToken(RandomTokenConfig::default());
-    plan.ascii_only = false;
     plan.budget = Budget {
         iterations: 1_000_000,
         flops: Some(per_example),
@@ -558,7 +560,7 @@ fn gcg_beats_random_tokens_at_equal_nominal_flops() {
          (first random try {:.3})",
         r.summary.asr.get(1).copied().unwrap_or(0.0)
     );
-    // Random search ran up to the whole budget (an example stops once it is broken).
+    // Random search ran up to the whole budget (every draw is scored, as in the study).
     let reached = r.summary.iterations as f64 * r.summary.nominal_flops_per_iteration;
     assert!(
         reached > 0.95 * per_example,

@@ -1,11 +1,12 @@
 //! BEAST (Sadasivan et al. 2024) as the study ran it (science.md): a beam search over attack
 //! tokens proposed by a small causal LM (the sampler) and scored by the victim.
 //!
-//! - Iteration 1: the sampler reads the prompt before the attack slot and k tokens are
+//! - Iteration 1: the sampler reads the prompt before the attack slot and k (the beam
+//!   width) tokens are
 //!   sampled without replacement from softmax(logits / temperature) at its last position
-//!   (the whole LM-head vocabulary, nothing excluded): the k one-token beams.
-//! - Iteration i > 1: each beam grows by k tokens sampled the same way from the sampler
-//!   reading `before ++ beam` (k² candidates).
+//!   (the whole LM-head vocabulary, nothing excluded): the k one-token candidates.
+//! - Iteration i > 1: each beam grows by `branching` tokens sampled the same way from the
+//!   sampler reading `before ++ beam` (k² candidates with the study's branching = k).
 //! - Every candidate's tokens are decoded (special tokens skipped) into the prompt text and
 //!   the whole prompt is tokenized again, with no filter; the victim's loss toward the goal
 //!   scores it; the k lowest become the beam. The best attack so far changes only on a
@@ -187,7 +188,9 @@ impl<B: Backend> Beast<B> {
                 lens: vec![1],
             };
             let view = PrefixView::new(&cache, l0 - 1)?;
-            let z = self.sampler.logits_at_rows(Some(&view), &batch, &[0], true)?;
+            let z = self
+                .sampler
+                .logits_at_rows(Some(&view), &batch, &[0], true)?;
             let top = Top::Rows {
                 rows: 1,
                 shortcut: true,
@@ -214,7 +217,7 @@ impl<B: Backend> Beast<B> {
     }
 
     /// The candidates of iteration `iteration` for `s` (attack tokens, before decoding):
-    /// k samples after each beam (one empty beam at iteration 1). Deterministic in (seed,
+    /// `beam` samples at iteration 1, then `branching` after each beam. Deterministic in (seed,
     /// example, iteration). Returns them with the sampler's nominal and executed FLOPs.
     pub fn expand(&self, s: &Subject<B>, iteration: usize) -> Result<(Vec<Vec<u32>>, f64, f64)> {
         let st: BeamState = s.state.data()?;
@@ -233,9 +236,15 @@ impl<B: Backend> Beast<B> {
         let width = self.sampler.cfg.vocab;
         let mut rng = stream(self.cfg.seed, s.index, iteration, Purpose::BeastSample);
         let mut out = Vec::with_capacity(beams.len() * self.cfg.branching);
+        // Iteration 1 samples the beam's width of tokens, later ones `branching` per beam.
+        let draws = if beams[0].is_empty() {
+            self.cfg.beam
+        } else {
+            self.cfg.branching
+        };
         for (b, beam) in beams.iter().enumerate() {
             let row = &z[b * width..(b + 1) * width];
-            for t in gumbel_top_k(row, self.cfg.temperature, self.cfg.branching, &mut rng) {
+            for t in gumbel_top_k(row, self.cfg.temperature, draws, &mut rng) {
                 let mut c = beam.clone();
                 c.push(t);
                 out.push(c);
@@ -291,7 +300,7 @@ fn same_vocabulary(victim: &Tokenizer, sampler: &Tokenizer, dir: &Path) -> Resul
         None => "the sampler has tokens the victim lacks".into(),
     };
     Err(Error::format(
-        &dir.join("tokenizer.json"),
+        dir.join("tokenizer.json"),
         format!(
             "the BEAST sampler's vocabulary differs from the victim's ({} vs {} tokens; {first}): \
              the sampler must share the victim's tokenizer (pythia-14m for Pythia, \
@@ -354,9 +363,10 @@ impl<B: Backend> Attack<B> for Beast<B> {
                 let cands = ids
                     .into_iter()
                     .map(|ids| {
-                        let text = tok.inner().decode(&ids, true).map_err(|e| {
-                            Error::Other(format!("cannot decode {ids:?}: {e}"))
-                        })?;
+                        let text = tok
+                            .inner()
+                            .decode(&ids, true)
+                            .map_err(|e| Error::Other(format!("cannot decode {ids:?}: {e}")))?;
                         let seq = s.with_suffix(s.retokenized(tok, &text)?);
                         Ok(Cand { ids, seq })
                     })
@@ -381,7 +391,9 @@ impl<B: Backend> Attack<B> for Beast<B> {
         drop(jobs);
         let n_victim = v.model.param_count();
         let mut reports = Vec::with_capacity(batch.len());
-        for (s, ((cands, s_nominal, s_executed), sc)) in batch.iter_mut().zip(expanded.into_iter().zip(scored)) {
+        for (s, ((cands, s_nominal, s_executed), sc)) in
+            batch.iter_mut().zip(expanded.into_iter().zip(scored))
+        {
             let mut st: BeamState = s.state.data()?;
             if iteration == 1 || st.beam.is_empty() {
                 st.best_loss = f32::INFINITY;
@@ -441,7 +453,11 @@ mod tests {
         let sum: f64 = e.iter().sum();
         for i in 0..3 {
             let p = first[i] as f64 / trials as f64;
-            assert!((p - e[i] / sum).abs() < 0.015, "id {i}: {p} vs {}", e[i] / sum);
+            assert!(
+                (p - e[i] / sum).abs() < 0.015,
+                "id {i}: {p} vs {}",
+                e[i] / sum
+            );
         }
         // Never a non-finite logit while finite ones remain.
         let d = gumbel_top_k(&[f32::NEG_INFINITY, 0.0, f32::NAN, 0.0], 1.0, 2, &mut rng);

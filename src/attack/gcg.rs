@@ -19,10 +19,10 @@ use super::subject::{Subject, Victim};
 use super::{AsrKind, Attack, StepReport};
 use crate::backend::Backend;
 use crate::error::Result;
-use crate::task::retokenizes;
 use crate::model::batch::Batch;
 use crate::model::config::ModelConfig;
 use crate::model::{GradRequest, Objective};
+use crate::task::retokenizes;
 use rand::{Rng, RngCore};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -210,7 +210,7 @@ impl Gcg {
     }
 
     /// Which of `cands` pass the filter (all of them with the filter off).
-    fn valid<B: Backend>(
+    pub fn valid<B: Backend>(
         &self,
         v: &Victim<B>,
         s: &Subject<B>,
@@ -317,9 +317,8 @@ impl<B: Backend> Attack<B> for Gcg {
         let (Some(rc), Some(tok), true) = (&s.retok, v.tok, self.cfg.filter) else {
             return Ok(());
         };
-        let passes = |ids: &[u32]| -> Result<bool> {
-            Ok(rc.check(tok, ids)? && retokenizes(tok, ids)?)
-        };
+        let passes =
+            |ids: &[u32]| -> Result<bool> { Ok(rc.check(tok, ids)? && retokenizes(tok, ids)?) };
         if s.state.ids.is_empty() || passes(&s.state.ids)? {
             return Ok(());
         }

@@ -197,7 +197,10 @@ pub fn run<B: Backend>(
                         .map(|((&i, r), cc)| {
                             let (s, t) = (&group[i], &tracks[base + i]);
                             let broken = t.broken_at.is_some() || r.success || r.success_before;
-                            let best = kept[base + i].best.as_ref().map_or(f32::INFINITY, |b| b.loss);
+                            let best = kept[base + i]
+                                .best
+                                .as_ref()
+                                .map_or(f32::INFINITY, |b| b.loss);
                             Line::Iter(IterLine {
                                 example: s.index,
                                 iteration: k,
@@ -207,7 +210,12 @@ pub fn run<B: Backend>(
                                 broken,
                                 attack_ids: s.state.ids.clone(),
                                 attack_text: v.tok.and_then(|tk| tk.decode(&s.state.ids).ok()),
-                                prompt_ids: s.state.prompt.clone(),
+                                // Only when it is not before ++ attack ++ after.
+                                prompt_ids: s
+                                    .state
+                                    .prompt
+                                    .clone()
+                                    .filter(|p| *p != s.prompt.ids(&s.state.ids)),
                                 candidates: r.scored,
                                 rejected: r.rejected,
                                 skipped: r.skipped,
@@ -239,7 +247,11 @@ pub fn run<B: Backend>(
                 }
                 let rec = record(v, &group[i], l);
                 let kp = &mut kept[base + i];
-                if kp.best.as_ref().is_none_or(|b| nan_last(l.loss) < nan_last(b.loss)) {
+                if kp
+                    .best
+                    .as_ref()
+                    .is_none_or(|b| nan_last(l.loss) < nan_last(b.loss))
+                {
                     kp.best = Some(rec.clone());
                 }
                 kp.last = Some(rec);

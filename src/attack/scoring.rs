@@ -105,7 +105,7 @@ impl Piece {
 /// candidates need). Candidates with the same cached prefix and length form a piece; pieces
 /// of all examples are packed into calls of at most `max_rows` rows, so the GEMMs see every
 /// piece at once while attention runs per piece against its own prefix. At least one token
-/// of each candidate always runs.
+/// of each candidate always runs: every position the goal reads.
 pub fn score_many<B: Backend>(
     v: &Victim<B>,
     jobs: &[Job<'_, B>],
@@ -142,9 +142,9 @@ pub fn score_many<B: Backend>(
             )));
         }
         let before = &s.prompt.before;
-        let reference = job.reference.filter(|r| {
-            v.fast.group_reuse && r.len() > l0 && r[..l0] == before[..]
-        });
+        let reference = job
+            .reference
+            .filter(|r| v.fast.group_reuse && r.len() > l0 && r[..l0] == before[..]);
         // (cached prefix, length) per candidate.
         let starts: Vec<usize> = job
             .seqs
@@ -152,7 +152,9 @@ pub fn score_many<B: Backend>(
             .map(|c| {
                 let on_prompt = common_prefix(c, before);
                 let on_ref = reference.map_or(0, |r| common_prefix(c, r));
-                on_prompt.max(on_ref).min(c.len() - 1)
+                // Every row the goal reads runs (the first is where a target starts).
+                let first_read = s.loss_positions(c.len())[0];
+                on_prompt.max(on_ref).min(first_read)
             })
             .collect();
         let max_start = starts.iter().copied().max().unwrap_or(0);

@@ -2,10 +2,10 @@
 //! examples, run, write results. The CLI and `examples/attack_model.rs` are thin layers
 //! over [`run_plan`].
 
+use super::beast::{Beast, BeastConfig};
 use super::budget::{pretraining_flops, Budget};
 use super::gcg::{Gcg, GcgConfig};
 use super::random_token::{RandomToken, RandomTokenConfig};
-use super::beast::{Beast, BeastConfig};
 use super::results::{
     prepare_dir, write_jsonl_atomic, ResultsLog, EXAMPLES_FILE, RESULTS_FILE, SUMMARY_FILE,
 };

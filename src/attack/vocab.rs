@@ -21,7 +21,12 @@ impl Vocab {
     /// left to the filter). With `ascii_only` (nanoGCG's default), only ids that decode, on
     /// their own, to non-empty printable ASCII (' '..='~').
     pub fn from_tokenizer(tok: &Tokenizer, model_vocab: usize, ascii_only: bool) -> Result<Self> {
-        Self::below(tok, model_vocab.min(tok.vocab_size()), model_vocab, ascii_only)
+        Self::below(
+            tok,
+            model_vocab.min(tok.vocab_size()),
+            model_vocab,
+            ascii_only,
+        )
     }
 
     /// The study's random-token pool: ids in [0, tokenizer vocab size) — the base

@@ -178,7 +178,10 @@ impl AttackOpts {
                 self.attack_tokens
             );
         }
-        if self.pretrain_tokens.is_some_and(|d| !(d.is_finite() && d > 0.0)) {
+        if self
+            .pretrain_tokens
+            .is_some_and(|d| !(d.is_finite() && d > 0.0))
+        {
             anyhow::bail!("--pretrain-tokens must be a positive number of tokens");
         }
         if self.sampler.is_some() && self.attack != Kind::Beast {
@@ -361,7 +364,13 @@ fn plans(a: &Args) -> anyhow::Result<Vec<Plan>> {
 /// `s` with every character but [A-Za-z0-9.] as '-'.
 fn slug(s: &str) -> String {
     s.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '.' { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
         .collect()
 }
 
@@ -401,7 +410,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
 }
 
 fn run_one(a: &Args, plan: &Plan, out: &std::path::Path) -> anyhow::Result<()> {
-    let bar = super::progress_bar("{elapsed_precise} [{bar:30}] {pos}/{len} example-iterations {msg}");
+    let bar =
+        super::progress_bar("{elapsed_precise} [{bar:30}] {pos}/{len} example-iterations {msg}");
     let mut progress = |p: &Progress| {
         bar.set_length(p.total as u64);
         bar.set_position(p.done as u64);
