@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # On a GPU machine, one command: runs the CUDA op, model and out-of-memory tests
-# (tests/gpu_ops.rs, tests/gpu_model.rs, tests/gpu_oom.rs) on the device, then the GPU
+# (tests/gpu_ops.rs, tests/gpu_model.rs, tests/gpu_oom.rs, tests/train_backends.rs) on the
+# device, then GCG, random-token and BEAST attacks on the bundled classifier, then the GPU
 # benchmarks (`armsrace bench --device cuda`, src/backend/gpu/bench.rs), and writes one JSON
 # summary to ${OUT:-target}/gpu-check.json. Budget: under 8 minutes on an H100/H200.
 #
@@ -88,6 +89,7 @@ fi
 
 tests_rc=-1
 bench_rc=-1
+attacks_rc=0
 if [ "$status" = ok ]; then
   step "CUDA tests"
   tests_rc=0
@@ -104,6 +106,16 @@ if [ "$status" = ok ]; then
     rc=${PIPESTATUS[0]}
     [ "$rc" = 0 ] || tests_rc=$rc
   done
+  step "attacks on the device (bundled classifier: gcg, random-token 200 it, beast)"
+  for a in gcg random-token beast; do
+    extra=()
+    [ "$a" = beast ] && extra=(--sampler models/pythia-password-match-sampler)
+    [ "$a" = random-token ] && extra=(--iterations 200)
+    timeout 120 "$ARMSRACE" attack --attack "$a" "${extra[@]}" --device cuda --overwrite \
+      --out "$OUTDIR/attack-$a" >>"$LOG" 2>&1 || attacks_rc=$?
+    grep -h '"final_asr"\|"seconds_per_iteration"' "$OUTDIR/attack-$a/summary.json" 2>/dev/null \
+      | sed "s/^/  $a/" | tee -a "$LOG"
+  done
   step "benchmarks (armsrace bench --device cuda)"
   timeout "$BENCH_TIMEOUT" "$ARMSRACE" bench --device cuda --train adafactor --iters "$ITERS" --json "$OUTDIR/gpu-bench.json" \
     >>"$LOG" 2>&1
@@ -113,7 +125,8 @@ passed=$(grep -hoE "[0-9]+ passed" "$LOG" | awk '{s+=$1} END {print s+0}')
 failed=$(grep -hoE "[0-9]+ failed" "$LOG" | awk '{s+=$1} END {print s+0}')
 skipped=$(grep -c "SKIPPED" "$LOG")
 bench=$(cat "$OUTDIR/gpu-bench.json" 2>/dev/null || echo null)
-[ "$tests_rc" = 0 ] && [ "$bench_rc" = 0 ] || { [ "$status" = ok ] && status=failed; }
+[ "$tests_rc" = 0 ] && [ "$bench_rc" = 0 ] && [ "$attacks_rc" = 0 ] \
+  || { [ "$status" = ok ] && status=failed; }
 cat >"$OUTDIR/gpu-check.json" <<JSON
 {
   "status": "$status",
@@ -122,6 +135,7 @@ cat >"$OUTDIR/gpu-check.json" <<JSON
   "device": "${gpu:-none}",
   "seconds": $(( $(date +%s) - t0 )),
   "tests": {"exit_code": $tests_rc, "passed": $passed, "failed": $failed, "skipped_lines": $skipped},
+  "attacks_exit_code": $attacks_rc,
   "bench_exit_code": $bench_rc,
   "bench": $bench,
   "log": "$LOG"

@@ -231,7 +231,25 @@ impl<B: Backend> Trainer<B> {
         micro: &[Vec<usize>],
         total_steps: u64,
     ) -> Result<StepOut> {
-        let n_examples: usize = micro.iter().map(Vec::len).sum();
+        let batches = micro
+            .iter()
+            .map(|idx| {
+                let (batch, labels) = self.batch_of(data, idx)?;
+                Ok((batch, Objective::Classify { labels }))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.step_batches(&batches, total_steps)
+    }
+
+    /// One optimizer step over micro-batches with their objectives (a classifier's labels,
+    /// or a causal LM's next-token targets): the gradient is of the mean loss over all their
+    /// sequences.
+    pub fn step_batches(
+        &mut self,
+        micro: &[(Batch, Objective)],
+        total_steps: u64,
+    ) -> Result<StepOut> {
+        let n_examples: usize = micro.iter().map(|(b, _)| b.batch).sum();
         if n_examples == 0 {
             return Err(Error::input("optimizer step with no examples"));
         }
@@ -242,21 +260,22 @@ impl<B: Backend> Trainer<B> {
         // Mean loss over the step's examples: the loss gradient is scaled at its source.
         let inv = 1.0 / n_examples as f32;
         let mut per_example = Vec::with_capacity(n_examples);
-        for idx in micro {
-            let (batch, labels) = self.batch_of(data, idx)?;
-            let losses = self.model.accumulate_grads(
-                &batch,
-                &Objective::Classify { labels },
-                inv,
-                &mut self.grads,
-            )?;
+        for (batch, objective) in micro {
+            let losses = self
+                .model
+                .accumulate_grads(batch, objective, inv, &mut self.grads)?;
             per_example.extend_from_slice(&losses);
             self.progress.tokens_seen += batch.rows() as u64;
             self.progress.nominal_flops +=
                 crate::flops::nominal_train(self.model.param_count(), batch.rows());
             let (cfg, b, seq) = (&self.model.cfg, batch.batch, batch.seq);
-            self.progress.executed_flops += crate::flops::executed_forward(cfg, b, seq, 0, b)
-                + crate::flops::executed_backward(cfg, b, seq, b, true, 0);
+            let head_rows = match objective {
+                Objective::Classify { .. } => b,
+                Objective::Target { mask } => mask.iter().filter(|&&m| m).count(),
+            };
+            self.progress.executed_flops +=
+                crate::flops::executed_forward(cfg, b, seq, 0, head_rows)
+                    + crate::flops::executed_backward(cfg, b, seq, head_rows, true, 0);
         }
         self.progress.step += 1;
         let (t, lr) = (
