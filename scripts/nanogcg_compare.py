@@ -138,7 +138,7 @@ def time_armsrace(ckpt: Path, work: Path, init: str, steps: int, threads: int) -
         "--model", str(ckpt), "--task", f"jsonl:{data}", "--examples", "1",
         "--target", TARGET, "--init", init, "--iterations", str(steps),
         "--search-width", "128", "--topk", "256", "--n-replace", "1",
-        "--buffer-size", "0", "--out", str(out), "--overwrite",
+        "--buffer-size", "0", "--vocab", "ascii", "--out", str(out), "--overwrite",
     ]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     summary = json.loads((out / "summary.json").read_text())

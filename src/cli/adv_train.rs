@@ -288,10 +288,11 @@ pub struct EvalArgs {
     /// Held-out JSONL for dataset tasks (the run's training data is not used).
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Iterations of the evaluation attack (default: gcg 128, random-token 4096).
+    /// Iterations of the evaluation attack (default: gcg 128, random-token 4096, beast 25).
     #[arg(long)]
     iterations: Option<usize>,
-    /// Name of this evaluation's folder under RUN/eval (default: <attack>-<threat>).
+    /// Name of this evaluation's folder under RUN/eval (default: <attack>-<threat>; with
+    /// several --threat values, NAME-<threat> each).
     #[arg(long)]
     name: Option<String>,
     /// Delete earlier results of this evaluation instead of resuming.
@@ -336,72 +337,71 @@ pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
             cfg.task
         );
     }
-    let choice = a.attack.choice()?;
-    let iterations = a.iterations.unwrap_or(match choice.name {
-        "random-token" => 4096,
-        _ => 128,
-    });
-    let threat: String = choice
-        .threat
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '.' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    let name = a
-        .name
-        .clone()
-        .unwrap_or(format!("{}-{threat}", choice.name));
-    let plan = choice.plan(
-        checkpoint_dir(&a.run, 0),
-        cfg.task.clone(),
-        a.data.clone(),
-        a.examples,
-        cfg.data_seed,
-        None,
-        Budget {
-            iterations,
-            flops: None,
-        },
-    );
-    let bar = bar();
-    let job = EvalJob {
-        run: &a.run,
-        rounds: &rounds,
-        plan: &plan,
-        name: &name,
-        overwrite: a.overwrite,
-        bar: &bar,
-    };
-    let recs = dispatch(a.device, job)?;
-    bar.finish_and_clear();
-    println!(
-        "{:>6} {:>16} {:>14} {:>8} {:>10} {:>16}",
-        "round", "defense FLOPs", "of pretrain", "ASR", "attacked", "compute to 5%"
-    );
-    for r in &recs {
-        let c5 = match r.compute_to_asr.get("5%").copied().flatten() {
-            Some(c) => format!("{c:.3e}"),
-            None => "not reached".into(),
+    // One evaluation per threat model (a transfer evaluation, Figure 7, in one call).
+    let choices = a.attack.choices()?;
+    let several = choices.len() > 1;
+    for choice in choices {
+        let iterations = a.iterations.unwrap_or(match choice.name {
+            "random-token" => 4096,
+            "beast" => 25,
+            _ => 128,
+        });
+        let threat = super::slug(&choice.threat);
+        let title = format!("{} {}", choice.name, choice.threat);
+        let name = match (&a.name, several) {
+            (Some(n), false) => n.clone(),
+            (Some(n), true) => format!("{n}-{threat}"),
+            (None, _) => format!("{}-{threat}", choice.name),
         };
+        let plan = choice.plan(
+            checkpoint_dir(&a.run, 0),
+            cfg.task.clone(),
+            a.data.clone(),
+            a.examples,
+            cfg.data_seed,
+            None,
+            Budget {
+                iterations,
+                flops: None,
+            },
+        );
+        let bar = bar();
+        let job = EvalJob {
+            run: &a.run,
+            rounds: &rounds,
+            plan: &plan,
+            name: &name,
+            overwrite: a.overwrite,
+            bar: &bar,
+        };
+        let recs = dispatch(a.device, job)?;
+        bar.finish_and_clear();
+        println!("{title}:");
         println!(
-            "{:>6} {:>16.3e} {:>14} {:>7.1}% {:>10} {:>16}",
-            r.round,
-            r.defense_nominal_flops,
-            fraction(r.defense_fraction_of_pretraining),
-            100.0 * r.asr,
-            r.attacked,
-            c5
+            "{:>6} {:>16} {:>14} {:>8} {:>10} {:>16}",
+            "round", "defense FLOPs", "of pretrain", "ASR", "attacked", "compute to 5%"
+        );
+        for r in &recs {
+            let c5 = match r.compute_to_asr.get("5%").copied().flatten() {
+                Some(c) => format!("{c:.3e}"),
+                None if r.defense_fraction_of_pretraining.is_none() => "unknown".into(),
+                None => "not reached".into(),
+            };
+            println!(
+                "{:>6} {:>16.3e} {:>14} {:>7.1}% {:>10} {:>16}",
+                r.round,
+                r.defense_nominal_flops,
+                fraction(r.defense_fraction_of_pretraining),
+                100.0 * r.asr,
+                r.attacked,
+                c5
+            );
+        }
+        println!(
+            "results: {}",
+            a.run.join("eval").join(&name).join("eval.jsonl").display()
         );
     }
-    println!(
-        "results: {}",
-        a.run.join("eval").join(&name).join("eval.jsonl").display()
-    );
     Ok(())
 }
 

@@ -361,30 +361,17 @@ fn plans(a: &Args) -> anyhow::Result<Vec<Plan>> {
         .collect())
 }
 
-/// `s` with every character but [A-Za-z0-9.] as '-'.
-fn slug(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '.' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect()
-}
-
 /// runs/attack-<model>-<task>-<attack>-<threat>-<iterations>it-seed<seed>: distinct
 /// settings get distinct folders (the rest of the settings a resume checks).
 fn default_out(a: &Args, plan: &Plan, name: &str) -> PathBuf {
     let model = match plan.model.file_name() {
-        Some(f) => slug(&f.to_string_lossy()),
+        Some(f) => super::slug(&f.to_string_lossy()),
         None => "model".into(),
     };
     PathBuf::from(format!(
         "runs/attack-{model}-{}-{name}-{}-{}it-seed{}",
-        slug(&a.task),
-        slug(&plan.threat),
+        super::slug(&a.task),
+        super::slug(&plan.threat),
         plan.budget.iterations,
         a.opts.seed
     ))
@@ -398,7 +385,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         // Several threat models: one folder each, under --out when given.
         let out = match (&a.out, several) {
             (Some(o), false) => o.clone(),
-            (Some(o), true) => o.join(slug(&plan.threat)),
+            (Some(o), true) => o.join(super::slug(&plan.threat)),
             (None, _) => default_out(&a, plan, name),
         };
         if several {

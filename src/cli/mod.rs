@@ -88,3 +88,16 @@ fn say(bar: &indicatif::ProgressBar, line: String) {
         bar.println(line);
     }
 }
+
+/// `s` for a folder name: every character but [A-Za-z0-9.] as '-'.
+fn slug(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}

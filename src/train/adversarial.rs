@@ -821,13 +821,16 @@ pub fn eval_rounds<B: Backend + Clone>(
         )?;
         let s = res.summary;
         let rec = r.checked_sub(1).and_then(|i| records.get(i));
+        let defense = rec.map_or(0.0, |x| x.defense_nominal_flops);
         out.push(EvalRecord {
             round: r,
             checkpoint: format!("checkpoints/round-{r:03}"),
             results: format!("eval/{name}/round-{r:03}"),
-            defense_nominal_flops: rec.map_or(0.0, |x| x.defense_nominal_flops),
+            defense_nominal_flops: defense,
             defense_executed_flops: rec.map_or(0.0, |x| x.defense_executed_flops),
-            defense_fraction_of_pretraining: rec.and_then(|x| x.defense_fraction_of_pretraining),
+            // Over the same pretraining compute as the attack's compute_to_asr (Figure 1's
+            // two axes share their denominator).
+            defense_fraction_of_pretraining: s.info.pretraining_flops.map(|p| defense / p),
             examples: s.examples,
             attacked: s.attacked,
             asr: s.final_asr,
