@@ -581,3 +581,33 @@ fn one_attack_call_evaluates_several_threat_models() {
         assert_eq!(s.iterations, 1);
     }
 }
+
+#[test]
+fn random_token_keeps_its_first_success_as_the_adversarial_example() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bundled = common::repo_root().join(armsrace::attack::session::DEFAULT_MODEL);
+    let mut plan = Plan::study_gcg(bundled);
+    plan.attack = AttackSpec::RandomToken(RandomTokenConfig::default());
+    plan.examples = 6;
+    plan.budget.iterations = 60;
+    let res = run_plan(&plan, tmp.path(), false, None, &mut |_| {}).unwrap();
+    assert_eq!(res.summary.asr_kind, armsrace::attack::AsrKind::Cumulative);
+    let mut broken = 0;
+    for r in res.examples.iter().filter(|r| r.attacked) {
+        let first = r.first_success.as_ref();
+        assert_eq!(first.map(|a| a.iteration), r.broken_at);
+        let kept = r
+            .adversarial(armsrace::attack::AsrKind::Cumulative)
+            .unwrap();
+        match first {
+            Some(f) => {
+                broken += 1;
+                assert!(f.success && kept == f);
+            }
+            None => assert_eq!(kept, r.final_attack.as_ref().unwrap()),
+        }
+        // Every draw was scored: the last is iteration 60 whatever happened before.
+        assert_eq!(r.final_attack.as_ref().unwrap().iteration, 60);
+    }
+    assert!(broken > 0, "no draw broke any example in 60 tries");
+}

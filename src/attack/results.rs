@@ -82,8 +82,8 @@ pub struct AttackRecord {
     pub prompt_text: Option<String>,
 }
 
-/// `examples.jsonl`: one line per example at the end of a run, with its final attack and
-/// its best (lowest-loss) one.
+/// `examples.jsonl`: one line per example at the end of a run, with its final attack, its
+/// best (lowest-loss) one and its first successful one.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ExampleRecord {
     pub example: usize,
@@ -93,6 +93,22 @@ pub struct ExampleRecord {
     #[serde(rename = "final")]
     pub final_attack: Option<AttackRecord>,
     pub best: Option<AttackRecord>,
+    /// The attack of the first iteration whose attack succeeded (what the study kept of a
+    /// random-token run).
+    pub first_success: Option<AttackRecord>,
+}
+
+impl ExampleRecord {
+    /// The example's adversarial attack as the study kept it: the first success for an
+    /// attack whose study ASR is cumulative (random token), else the final attack.
+    pub fn adversarial(&self, kind: super::AsrKind) -> Option<&AttackRecord> {
+        match kind {
+            super::AsrKind::Cumulative => {
+                self.first_success.as_ref().or(self.final_attack.as_ref())
+            }
+            super::AsrKind::Current => self.final_attack.as_ref(),
+        }
+    }
 }
 
 /// Writes `lines` as JSONL to `path` through a temporary file and a rename (a kill leaves

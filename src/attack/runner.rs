@@ -81,6 +81,7 @@ pub fn prepare_step<B: Backend>(
 struct Kept {
     best: Option<AttackRecord>,
     last: Option<AttackRecord>,
+    first_success: Option<AttackRecord>,
 }
 
 /// Runs `attack` on `subjects` (see the module docs of `attack`).
@@ -254,6 +255,9 @@ pub fn run<B: Backend>(
                 {
                     kp.best = Some(rec.clone());
                 }
+                if l.success && kp.first_success.is_none() {
+                    kp.first_success = Some(rec.clone());
+                }
                 kp.last = Some(rec);
                 wall = l.wall_s;
             }
@@ -285,6 +289,7 @@ pub fn run<B: Backend>(
             broken_at: t.broken_at,
             final_attack: k.last,
             best: k.best,
+            first_success: k.first_success,
         })
         .collect();
     Ok(RunOutput {

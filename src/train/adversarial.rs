@@ -543,19 +543,27 @@ pub fn run<B: Backend + Clone>(
         let attack_wall = t0.elapsed().as_secs_f64();
 
         // 2. Every attacked prompt joins the pool.
+        // The prompt the victim read for each example's adversarial attack (GCG's final
+        // one; random token's first success, as the study kept them).
         let new: Vec<PoolEntry> = subjects
             .iter()
+            .zip(&res.examples)
             .zip(&picked)
-            .map(|(s, &ci)| PoolEntry {
-                round: r,
-                clean_index: ci,
-                label: s.prompt.label,
-                ids: s.prompt.ids(&s.state.ids),
-                attack_text: tok.decode(&s.state.ids).unwrap_or_default(),
-                success: false,
+            .map(|((s, rec), &ci)| {
+                let (ids, text, success) = match rec.adversarial(summary.asr_kind) {
+                    Some(a) => (a.prompt_ids.clone(), a.attack_ids.clone(), a.success),
+                    None => (s.read_ids(), s.state.ids.clone(), false),
+                };
+                PoolEntry {
+                    round: r,
+                    clean_index: ci,
+                    label: s.prompt.label,
+                    ids,
+                    attack_text: tok.decode(&text).unwrap_or_default(),
+                    success,
+                }
             })
             .collect();
-        let new = mark_successes(run, r, new)?;
         append_pool(&pool_path, &new)?;
         pool.extend(new);
         losses.resize(pool.len(), None);
@@ -688,24 +696,6 @@ pub fn run<B: Backend + Clone>(
 }
 
 /// Marks the entries whose final attack succeeded, from the round's results file.
-fn mark_successes(run: &Path, r: usize, mut new: Vec<PoolEntry>) -> Result<Vec<PoolEntry>> {
-    use crate::attack::results::{Line, RESULTS_FILE};
-    let p = attack_dir(run, r).join(RESULTS_FILE);
-    let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
-    let mut last = vec![None; new.len()];
-    for line in text.lines() {
-        if let Ok(Line::Iter(l)) = serde_json::from_str::<Line>(line) {
-            if let Some(slot) = last.get_mut(l.example) {
-                *slot = Some(l.success);
-            }
-        }
-    }
-    for (e, s) in new.iter_mut().zip(last) {
-        e.success = s.unwrap_or(false);
-    }
-    Ok(new)
-}
-
 /// rounds.jsonl, rewritten from the records (the checkpoints are the source of truth).
 fn write_rounds(run: &Path, records: &[RoundRecord]) -> Result<()> {
     let mut bytes = Vec::new();
