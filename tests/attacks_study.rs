@@ -611,3 +611,27 @@ fn random_token_keeps_its_first_success_as_the_adversarial_example() {
     }
     assert!(broken > 0, "no draw broke any example in 60 tries");
 }
+
+#[test]
+fn an_iteration_whose_candidates_are_all_filtered_is_skipped_and_counted() {
+    // The only token GCG may propose is the one every position already holds: every swap is
+    // a no-op, so the filter rejects all of them.
+    let tok = tok();
+    let model = Model::load(&fixture(VICTIM), Cpu).unwrap();
+    let x = tok.encode("a").unwrap()[0];
+    let vocab = Vocab::range(x, x + 1, model.cfg.vocab).unwrap();
+    let v = victim(&model, &tok, &vocab);
+    let mut subs = subjects(&tok, 2, "suffix", true);
+    for s in subs.iter_mut() {
+        s.state.ids = vec![x; 10];
+    }
+    let gcg = Gcg::new(GcgConfig::default());
+    let n = model.param_count() as f64;
+    let t: Vec<usize> = subs.iter().map(|s| s.current_sequence().len()).collect();
+    for (r, t) in step(&gcg, &v, &mut subs, 1).iter().zip(t) {
+        assert!(r.skipped && r.scored == 0 && r.rejected == 10, "{r:?}");
+        // Its gradient pass still ran: (6 + 2 * 0) N T.
+        assert_eq!(r.nominal, 6.0 * n * t as f64);
+    }
+    assert!(subs.iter().all(|s| s.state.ids == vec![x; 10]));
+}
