@@ -24,7 +24,7 @@ use super::budget::{executed_lean, generative_params, Top};
 use super::candidates::nan_last;
 use super::goal::LossKind;
 use super::rng::{stream, Purpose};
-use super::scoring::{score_many, Job};
+use super::scoring::score_sequences;
 use super::subject::{Subject, Victim};
 use super::{AsrKind, Attack, StepReport};
 use crate::backend::Backend;
@@ -378,17 +378,7 @@ impl<B: Backend> Attack<B> for Beast<B> {
             .iter()
             .map(|(c, _, _)| c.iter().map(|c| c.seq.clone()).collect())
             .collect();
-        let jobs: Vec<Job<'_, B>> = batch
-            .iter()
-            .zip(&seqs)
-            .map(|(s, seqs)| Job {
-                subject: &**s,
-                seqs,
-                reference: None,
-            })
-            .collect();
-        let scored = score_many(v, &jobs, self.cfg.loss)?;
-        drop(jobs);
+        let scored = score_sequences(v, batch, &seqs, self.cfg.loss)?;
         let n_victim = v.model.param_count();
         let mut reports = Vec::with_capacity(batch.len());
         for (s, ((cands, s_nominal, s_executed), sc)) in

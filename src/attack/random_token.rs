@@ -9,7 +9,7 @@
 use super::budget::random_token_nominal;
 use super::goal::LossKind;
 use super::rng::{stream, Purpose};
-use super::scoring::{score_many, Job};
+use super::scoring::score_sequences;
 use super::subject::{Subject, Victim};
 use super::vocab::Vocab;
 use super::{AsrKind, Attack, StepReport};
@@ -115,17 +115,7 @@ impl<B: Backend> Attack<B> for RandomToken {
                 vec![s.with_suffix(p)]
             })
             .collect();
-        let jobs: Vec<Job<'_, B>> = batch
-            .iter()
-            .zip(&seqs)
-            .map(|(s, c)| Job {
-                subject: &**s,
-                seqs: c,
-                reference: None,
-            })
-            .collect();
-        let scored = score_many(v, &jobs, self.cfg.loss)?;
-        drop(jobs);
+        let scored = score_sequences(v, batch, &seqs, self.cfg.loss)?;
         let n_params = v.model.param_count();
         let mut reports = Vec::with_capacity(batch.len());
         for (((s, (ids, prompt)), sc), seq) in batch.iter_mut().zip(draws).zip(scored).zip(&seqs) {

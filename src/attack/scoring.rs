@@ -66,6 +66,26 @@ pub fn score<B: Backend>(
     Ok(score_many(v, std::slice::from_ref(&job), loss)?.remove(0))
 }
 
+/// Scores `seqs[i]`, full sequences, on `batch[i]` for every example at once (no
+/// reference: the attacks that retokenize their text, random token and BEAST).
+pub fn score_sequences<B: Backend>(
+    v: &Victim<B>,
+    batch: &[&mut Subject<B>],
+    seqs: &[Vec<Vec<u32>>],
+    loss: LossKind,
+) -> Result<Vec<Scored>> {
+    let jobs: Vec<Job<'_, B>> = batch
+        .iter()
+        .zip(seqs)
+        .map(|(s, seqs)| Job {
+            subject: &**s,
+            seqs,
+            reference: None,
+        })
+        .collect();
+    score_many(v, &jobs, loss)
+}
+
 /// Length of the common prefix of `a` and `b`.
 fn common_prefix(a: &[u32], b: &[u32]) -> usize {
     first_diff(a, b).min(b.len())
