@@ -32,6 +32,9 @@ pub enum Error {
         /// Extra context (", 1.2 GiB free of 80 GiB"), empty when the device cannot tell.
         detail: String,
     },
+    /// Work stopped at a safe point because [`crate::interrupt::request`] asked it to.
+    #[error("interrupted: stopped after the last unit of work written (rerun to resume)")]
+    Interrupted,
     #[error("{0}")]
     Other(String),
 }

@@ -9,6 +9,7 @@ pub mod bench;
 pub mod bundled;
 pub mod error;
 pub mod flops;
+pub mod interrupt;
 pub mod model;
 pub mod presets;
 pub mod task;

@@ -267,6 +267,9 @@ pub fn run<B: Backend>(
             p.executed = tracks.iter().map(|t| t.executed).sum();
             p.replayed = replayed;
             progress(&p);
+            if crate::interrupt::requested() {
+                return Err(Error::Interrupted);
+            }
             if !replayed && opts.stop_after == Some(k) {
                 return Ok(RunOutput {
                     summary: summarize(info, kind, &tracks, &units, skipped),

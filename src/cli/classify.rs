@@ -3,7 +3,7 @@ use armsrace::backend::cpu::loss::cross_entropy;
 use armsrace::backend::Backend;
 use armsrace::model::config::HeadKind;
 use armsrace::tokenize::Tokenizer;
-use armsrace::{Batch, Model};
+use armsrace::Model;
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
@@ -105,57 +105,46 @@ fn classify<B: Backend>(a: &Args, backend: B) -> anyhow::Result<()> {
             i + 1
         );
     }
-    // Sort by length so each batch pads little; results go back in input order.
-    let mut order: Vec<usize> = (0..ids.len()).collect();
-    order.sort_by_key(|&i| ids[i].len());
-    let mut results: Vec<Option<serde_json::Value>> = vec![None; ids.len()];
-    let pad = model.cfg.pad_token_id.unwrap_or(0);
-    let mut start = 0;
-    while start < order.len() {
-        let mut end = start + 1;
-        while end < order.len() && ids[order[end]].len() * (end + 1 - start) <= a.batch_tokens {
-            end += 1;
-        }
-        let chunk = &order[start..end];
-        let seqs: Vec<Vec<u32>> = chunk.iter().map(|&i| ids[i].clone()).collect();
-        let batch = Batch::from_sequences(&seqs, pad)?;
-        let logits = model.logits(&batch)?;
-        // Loss straight from the logits: no second pass.
-        let labels: Vec<u32> = chunk.iter().map(|&i| lines[i].label.unwrap_or(0)).collect();
-        let mut dl = vec![0.0; logits.len()];
-        let losses = cross_entropy(
-            &mut dl,
-            &logits,
-            &labels,
-            &vec![1.0; labels.len()],
-            num_labels,
-        );
-        for (j, &i) in chunk.iter().enumerate() {
-            let row = &logits[j * num_labels..(j + 1) * num_labels];
-            let pred = row
-                .iter()
-                .enumerate()
-                .max_by(|a, b| a.1.total_cmp(b.1))
-                .map(|(k, _)| k)
-                .unwrap();
-            let mut v = serde_json::json!({ "logits": row, "pred": pred });
-            if let Some(label) = lines[i].label {
+    let logits = model.classify_ids(&ids, a.batch_tokens)?;
+    let labels: Vec<u32> = lines.iter().map(|l| l.label.unwrap_or(0)).collect();
+    // Loss straight from the logits: no second pass.
+    let mut dl = vec![0.0; logits.len()];
+    let losses = cross_entropy(
+        &mut dl,
+        &logits,
+        &labels,
+        &vec![1.0; labels.len()],
+        num_labels,
+    );
+    let results: Vec<serde_json::Value> = lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let row = &logits[i * num_labels..(i + 1) * num_labels];
+            let mut v = serde_json::json!({ "logits": row, "pred": argmax(row) });
+            if let Some(label) = l.label {
                 v["label"] = label.into();
-                v["loss"] = losses[j].into();
+                v["loss"] = losses[i].into();
             }
-            results[i] = Some(v);
-        }
-        start = end;
-    }
+            v
+        })
+        .collect();
     let mut out: Box<dyn Write> = match &a.output {
         Some(p) => Box::new(std::io::BufWriter::new(
             std::fs::File::create(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?,
         )),
         None => Box::new(std::io::stdout().lock()),
     };
-    for r in results.into_iter().flatten() {
+    for r in results {
         writeln!(out, "{r}")?;
     }
     out.flush()?;
     Ok(())
+}
+
+fn argmax(row: &[f32]) -> usize {
+    row.iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map_or(0, |(k, _)| k)
 }

@@ -285,6 +285,41 @@ impl<B: Backend> Model<B> {
             .download(&self.head_forward(&trace.x_out, &rows).logits))
     }
 
+    /// Classifier logits [n, labels] of `seqs` in their order, run in batches of at most
+    /// `batch_tokens` padded tokens (at least one sequence each) of similar lengths, so
+    /// that batches pad little. Memory is bounded by `batch_tokens`, not by the input.
+    pub fn classify_ids(&self, seqs: &[Vec<u32>], batch_tokens: usize) -> Result<Vec<f32>> {
+        let Some(width) = self.cfg.num_labels() else {
+            return Err(Error::input(
+                "not a classifier (no `score` head): classifying needs *ForSequenceClassification",
+            ));
+        };
+        if let Some(i) = seqs.iter().position(Vec::is_empty) {
+            return Err(Error::input(format!("sequence {i} has no tokens")));
+        }
+        let mut order: Vec<usize> = (0..seqs.len()).collect();
+        order.sort_by_key(|&i| seqs[i].len());
+        let mut out = vec![0.0; seqs.len() * width];
+        let pad = self.cfg.pad_token_id.unwrap_or(0);
+        let mut start = 0;
+        while start < order.len() {
+            let mut end = start + 1;
+            while end < order.len() && seqs[order[end]].len() * (end + 1 - start) <= batch_tokens
+            {
+                end += 1;
+            }
+            let chunk = &order[start..end];
+            let batch: Vec<Vec<u32>> = chunk.iter().map(|&i| seqs[i].clone()).collect();
+            let logits = self.logits(&Batch::from_sequences(&batch, pad)?)?;
+            for (j, &i) in chunk.iter().enumerate() {
+                out[i * width..(i + 1) * width]
+                    .copy_from_slice(&logits[j * width..(j + 1) * width]);
+            }
+            start = end;
+        }
+        Ok(out)
+    }
+
     /// Runs `ids` once and keeps every layer's keys and values for continuations.
     pub fn prefix_cache(&self, ids: &[u32]) -> Result<PrefixCache<B::Buf>> {
         if ids.is_empty() {
