@@ -69,6 +69,39 @@ impl AttackSpec {
         })
     }
 
+    /// The study's settings of attack `name` ("gcg", "random-token", "beast"; BEAST needs
+    /// its sampler).
+    pub fn study(name: &str, sampler: Option<PathBuf>) -> Result<Self> {
+        Ok(match (name, sampler) {
+            ("gcg", None) => AttackSpec::Gcg(GcgConfig::default()),
+            ("random-token", None) => AttackSpec::RandomToken(RandomTokenConfig::default()),
+            ("beast", Some(s)) => AttackSpec::Beast(BeastConfig::study(s)),
+            ("beast", None) => {
+                return Err(Error::input(
+                    "beast needs a sampler: a causal-LM checkpoint with the victim's tokenizer",
+                ))
+            }
+            ("gcg" | "random-token", Some(_)) => {
+                return Err(Error::input(format!("{name} takes no sampler (beast's)")))
+            }
+            _ => {
+                return Err(Error::input(format!(
+                    "unknown attack `{name}`: gcg, random-token or beast"
+                )))
+            }
+        })
+    }
+
+    /// The study's iterations per example for this attack (GCG 10, random token 1280,
+    /// BEAST 25).
+    pub fn study_iterations(&self) -> usize {
+        match self {
+            AttackSpec::Gcg(_) => 10,
+            AttackSpec::RandomToken(_) => 1280,
+            AttackSpec::Beast(_) => 25,
+        }
+    }
+
     /// The same attack with another seed (adversarial training gives each round its own).
     pub fn with_seed(&self, seed: u64) -> Self {
         let mut a = self.clone();

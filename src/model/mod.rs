@@ -304,8 +304,7 @@ impl<B: Backend> Model<B> {
         let mut start = 0;
         while start < order.len() {
             let mut end = start + 1;
-            while end < order.len() && seqs[order[end]].len() * (end + 1 - start) <= batch_tokens
-            {
+            while end < order.len() && seqs[order[end]].len() * (end + 1 - start) <= batch_tokens {
                 end += 1;
             }
             let chunk = &order[start..end];
