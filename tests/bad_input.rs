@@ -1025,3 +1025,125 @@ fn data_for_a_generated_task_is_refused() {
         &["x.jsonl", "generated"],
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Context length: every entry point refuses a sequence past max_position_embeddings (128 in
+// the fixtures) before doing any work, naming the input and both lengths.
+
+#[test]
+fn sequences_past_the_context_are_refused_everywhere() {
+    let m = cls_model();
+    assert_eq!(m.cfg.max_positions, 128);
+    let long = vec![5u32; 129];
+    let batch = Batch::from_sequences(std::slice::from_ref(&long), 0).unwrap();
+    let e = expect_err("logits", m.logits(&batch));
+    assert_mentions(
+        "logits",
+        &e,
+        &["129 tokens", "max_position_embeddings (128)"],
+    );
+    let e = expect_err("prefix cache", m.prefix_cache(&long).map(|_| ()));
+    assert_mentions("prefix cache", &e, &["129 tokens"]);
+    let cache = m.prefix_cache(&long[..100]).unwrap();
+    let e = expect_err(
+        "continuation past the context",
+        m.extend_prefix(Some(&cache), &long[..29]).map(|_| ()),
+    );
+    assert_mentions("continuation", &e, &["129 tokens"]);
+    let req = GradRequest::default();
+    let obj = Objective::Classify { labels: vec![0] };
+    let e = expect_err("loss", m.loss_and_grads(&batch, &obj, &req).map(|_| ()));
+    assert_mentions("loss", &e, &["129 tokens"]);
+    // Exactly the context is fine.
+    let fits = Batch::from_sequences(&[long[..128].to_vec()], 0).unwrap();
+    m.logits(&fits).unwrap();
+}
+
+fn armsrace_cli(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_armsrace"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_huge_text_is_refused_fast_or_truncated_on_request() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in.jsonl");
+    let huge = "word ".repeat(40_000); // 200,000 characters
+    std::fs::write(
+        &input,
+        format!(
+            "{}\n\n{}\n",
+            json!({"text": "short"}),
+            json!({"text": huge})
+        ),
+    )
+    .unwrap();
+    let model = fixture("neox-parallel-cls");
+    let (m, i) = (model.to_str().unwrap(), input.to_str().unwrap());
+    let t = std::time::Instant::now();
+    let out = armsrace_cli(&["classify", "--model", m, "--input", i]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    // The file's line 3 (line 2 is blank), with both lengths.
+    assert_mentions(
+        "classify",
+        &err,
+        &["line 3", "max_position_embeddings (128)", "--truncate"],
+    );
+    assert!(t.elapsed().as_secs() < 20, "took {:?}", t.elapsed());
+    for side in ["left", "right"] {
+        let out = armsrace_cli(&["classify", "--model", m, "--input", i, "--truncate", side]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2);
+    }
+    // Attack: the example is named before anything runs.
+    let data = tmp.path().join("d.jsonl");
+    std::fs::write(&data, format!("{}\n", json!({"text": huge, "label": 0}))).unwrap();
+    let task = format!("jsonl:{}", data.display());
+    let out_dir = tmp.path().join("att");
+    let out = armsrace_cli(&[
+        "attack",
+        "--model",
+        m,
+        "--task",
+        &task,
+        "--examples",
+        "1",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_mentions(
+        "attack",
+        &err,
+        &["example 0", "max_position_embeddings (128)"],
+    );
+    // Training: refused at tokenization, naming the example.
+    let out = armsrace_cli(&[
+        "train",
+        "--from",
+        m,
+        "--task",
+        &task,
+        "--train-file",
+        data.to_str().unwrap(),
+        "--val-file",
+        data.to_str().unwrap(),
+        "--out",
+        tmp.path().join("tr").to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_mentions(
+        "train",
+        &err,
+        &["example 0", "max_position_embeddings (128)"],
+    );
+}

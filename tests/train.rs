@@ -21,6 +21,7 @@ fn opts(out: &Path, from: &str, optimizer: OptimizerKind, stop_after: Option<u64
             train_file: None,
             val_file: None,
             junk_suffix: 0.0,
+            truncate: Default::default(),
         },
         init: Init::From(common::fixture(from)),
         train: TrainConfig {

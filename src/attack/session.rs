@@ -331,6 +331,22 @@ pub fn attack_examples<B: Backend + Clone>(
         &init,
         plan.attack.filter(),
     )?;
+    // The longest sequence an iteration may score: refused up front, naming the example.
+    let n_attack = match plan.attack {
+        AttackSpec::Beast(_) => plan.budget.iterations,
+        _ => plan.attack_tokens,
+    };
+    let max = model.cfg.max_positions;
+    for s in &subjects {
+        let need = s.len(n_attack).max(s.clean_ids.len());
+        if need > max {
+            return Err(Error::input(format!(
+                "example {} of task `{}`: its prompt with {n_attack} attack tokens has {need} \
+                 tokens, more than the model's max_position_embeddings ({max})",
+                s.index, plan.task
+            )));
+        }
+    }
     let vocab = Vocab::from_tokenizer(tok, model.cfg.vocab, plan.ascii_only)?;
     let victim = Victim {
         model,

@@ -1,6 +1,7 @@
 use super::device::{dispatch, DeviceArgs, OnBackend};
 use armsrace::backend::cpu::loss::cross_entropy;
 use armsrace::backend::Backend;
+use armsrace::model::batch::{fit_positions, Truncate};
 use armsrace::model::config::HeadKind;
 use armsrace::tokenize::Tokenizer;
 use armsrace::Model;
@@ -21,13 +22,37 @@ pub struct Args {
     /// Maximum tokens per internal batch (padding included).
     #[arg(long, default_value_t = 8192)]
     batch_tokens: usize,
+    /// A text longer than the model's max_position_embeddings: an error (default), or cut
+    /// from the left (keeps the end) or the right.
+    #[arg(long, value_enum, default_value = "refuse")]
+    truncate: TruncateArg,
     #[command(flatten)]
     device: DeviceArgs,
+}
+
+/// `--truncate` (classify, train).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TruncateArg {
+    Refuse,
+    Left,
+    Right,
+}
+
+impl From<TruncateArg> for Truncate {
+    fn from(t: TruncateArg) -> Self {
+        match t {
+            TruncateArg::Refuse => Truncate::Refuse,
+            TruncateArg::Left => Truncate::Left,
+            TruncateArg::Right => Truncate::Right,
+        }
+    }
 }
 
 struct Line {
     text: String,
     label: Option<u32>,
+    /// 1-based line number in the file.
+    lineno: usize,
 }
 
 fn read_input(path: &PathBuf) -> anyhow::Result<Vec<Line>> {
@@ -53,7 +78,11 @@ fn read_input(path: &PathBuf) -> anyhow::Result<Vec<Line>> {
                     bad(format!("`label` must be a non-negative integer, found {l}"))
                 })? as u32),
             };
-        out.push(Line { text, label });
+        out.push(Line {
+            text,
+            label,
+            lineno: i + 1,
+        });
     }
     if out.is_empty() {
         anyhow::bail!("{}: no examples (empty input)", path.display());
@@ -85,25 +114,29 @@ fn classify<B: Backend>(a: &Args, backend: B) -> anyhow::Result<()> {
     };
     let tok = Tokenizer::from_file(&a.model.join("tokenizer.json"))?;
     let lines = read_input(&a.input)?;
-    for (i, l) in lines.iter().enumerate() {
+    for l in &lines {
         if let Some(lab) = l.label.filter(|&x| x as usize >= num_labels) {
             anyhow::bail!(
                 "{}: line {}: label {lab} out of range for {num_labels} classes",
                 a.input.display(),
-                i + 1
+                l.lineno
             );
         }
     }
-    let ids: Vec<Vec<u32>> = lines
+    let mut ids: Vec<Vec<u32>> = lines
         .iter()
         .map(|l| tok.encode(&l.text))
         .collect::<Result<_, _>>()?;
-    if let Some(i) = ids.iter().position(Vec::is_empty) {
-        anyhow::bail!(
-            "{}: example {} tokenizes to nothing",
-            a.input.display(),
-            i + 1
-        );
+    for (l, ids) in lines.iter().zip(ids.iter_mut()) {
+        if ids.is_empty() {
+            anyhow::bail!(
+                "{}: line {}: the text tokenizes to nothing",
+                a.input.display(),
+                l.lineno
+            );
+        }
+        let what = || format!("{}: line {}", a.input.display(), l.lineno);
+        fit_positions(ids, model.cfg.max_positions, a.truncate.into(), &what)?;
     }
     let logits = model.classify_ids(&ids, a.batch_tokens)?;
     let labels: Vec<u32> = lines.iter().map(|l| l.label.unwrap_or(0)).collect();

@@ -44,6 +44,10 @@ pub struct Args {
     /// still what validation measures).
     #[arg(long, default_value_t = 0.0)]
     junk_suffix: f32,
+    /// A prompt longer than the model's max_position_embeddings: an error (default), or cut
+    /// from the left (keeps the answer prompt) or the right.
+    #[arg(long, value_enum, default_value = "refuse")]
+    truncate: super::classify::TruncateArg,
     /// From scratch: BPE vocabulary size.
     #[arg(long, default_value_t = 1024)]
     vocab_size: usize,
@@ -144,6 +148,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             train_file: a.train_file.clone(),
             val_file: a.val_file.clone(),
             junk_suffix: a.junk_suffix,
+            truncate: a.truncate.into(),
         },
         init,
         train: TrainConfig {

@@ -130,3 +130,46 @@ impl Batch {
         Ok(())
     }
 }
+
+/// What to do with a token sequence longer than the model's `max_position_embeddings`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Truncate {
+    /// An error naming the input and both lengths (the default: nothing is silently cut).
+    #[default]
+    Refuse,
+    /// Drop tokens from the start (keeps the end, where a classification prompt asks its
+    /// question).
+    Left,
+    /// Drop tokens from the end (transformers' default truncation side).
+    Right,
+}
+
+/// Fits `ids` into `max` positions as `how` says; `what` names the input for the error
+/// ("line 3", "example 7").
+pub fn fit_positions(
+    ids: &mut Vec<u32>,
+    max: usize,
+    how: Truncate,
+    what: &dyn Fn() -> String,
+) -> Result<()> {
+    if ids.len() <= max {
+        return Ok(());
+    }
+    match how {
+        Truncate::Refuse => Err(Error::input(format!(
+            "{}: {} tokens, more than the model's max_position_embeddings ({max}); pass \
+             --truncate left|right to cut it",
+            what(),
+            ids.len()
+        ))),
+        Truncate::Left => {
+            ids.drain(..ids.len() - max);
+            Ok(())
+        }
+        Truncate::Right => {
+            ids.truncate(max);
+            Ok(())
+        }
+    }
+}

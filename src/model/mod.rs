@@ -128,6 +128,21 @@ impl<B: Backend> Model<B> {
         param_count(&self.cfg)
     }
 
+    /// An error unless a sequence of `tokens` positions (a cached prefix included) fits
+    /// the model's `max_position_embeddings`: a longer one is refused before any work, never
+    /// run for minutes on positions the model was not built for.
+    pub fn check_positions(&self, tokens: usize) -> Result<()> {
+        let max = self.cfg.max_positions;
+        if tokens > max {
+            return Err(Error::input(format!(
+                "a sequence of {tokens} tokens is longer than the model's \
+                 max_position_embeddings ({max}); shorten the input (classify and train \
+                 take --truncate left|right)"
+            )));
+        }
+        Ok(())
+    }
+
     /// The backend the weights live on.
     pub fn backend(&self) -> &B {
         &self.backend
@@ -218,6 +233,7 @@ impl<B: Backend> Model<B> {
             self.check_cache(c)?;
         }
         batch.check_vocab(self.cfg.vocab)?;
+        self.check_positions(prefix.map_or(0, |c| c.len) + batch.seq)?;
         if batch.lens.len() != batch.batch || batch.ids.len() != batch.rows() {
             return Err(Error::input(
                 "batch shape is inconsistent (ids, lens, batch x seq)",
@@ -331,6 +347,7 @@ impl<B: Backend> Model<B> {
             lens: vec![ids.len()],
         };
         batch.check_vocab(self.cfg.vocab)?;
+        self.check_positions(ids.len())?;
         let trace = forward_stack(
             &self.backend,
             &self.cfg,

@@ -261,6 +261,7 @@ impl<B: Backend> Model<B> {
         let mut sel = Vec::new();
         for s in segs {
             s.batch.check_vocab(self.cfg.vocab)?;
+            self.check_positions(s.prefix.map_or(0, |p| p.len) + s.batch.seq)?;
             if let Some(p) = &s.prefix {
                 self.check_cache(p.cache)?;
                 if p.cache.layers.len() != self.cfg.layers {

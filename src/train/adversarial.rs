@@ -317,10 +317,12 @@ fn clean_pool(cfg: &AdvConfig, tok: &Tokenizer) -> Result<(Vec<Example>, Vec<Lab
         train_file: cfg.data.clone(),
         val_file: None,
         junk_suffix: 0.0,
+        truncate: Default::default(),
     };
     let (def, mut train, _) = load_data(&spec)?;
     train.truncate(cfg.clean_examples);
-    let ids = tokenize_examples(tok, &def, &train)?;
+    let max = crate::ModelConfig::from_file(&cfg.model.join("config.json"))?.max_positions;
+    let ids = tokenize_examples(tok, &def, &train, max, spec.truncate)?;
     Ok((train, ids))
 }
 

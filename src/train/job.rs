@@ -7,6 +7,7 @@ use crate::attack::results::settings_difference;
 use crate::backend::cpu::Cpu;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
+use crate::model::batch::{fit_positions, Truncate};
 use crate::model::config::{HeadKind, ModelConfig};
 use crate::model::random_weights;
 use crate::model::safetensors_store::SafetensorsStore;
@@ -29,6 +30,9 @@ pub struct DataSpec {
     /// (see [`super::augment`]); 0 in job files written before the option existed.
     #[serde(default)]
     pub junk_suffix: f32,
+    /// Prompts longer than the model's max_position_embeddings: refused (default) or cut.
+    #[serde(default)]
+    pub truncate: Truncate,
 }
 
 /// Where the starting weights come from.
@@ -80,6 +84,8 @@ pub fn tokenize_examples(
     tok: &Tokenizer,
     def: &TaskDef,
     examples: &[Example],
+    max_positions: usize,
+    truncate: Truncate,
 ) -> Result<Vec<LabeledIds>> {
     examples
         .iter()
@@ -93,8 +99,11 @@ pub fn tokenize_examples(
                     def.num_labels()
                 )));
             }
+            let mut ids = tok.encode(&clean_prompt(def, ex))?;
+            let what = || format!("task `{}`, example {i}", def.name);
+            fit_positions(&mut ids, max_positions, truncate, &what)?;
             Ok(LabeledIds {
-                ids: tok.encode(&clean_prompt(def, ex))?,
+                ids,
                 label: ex.label,
             })
         })
@@ -317,7 +326,8 @@ pub fn run_on<B: Backend>(
     };
     let tok = Tokenizer::from_file(&tok_path)?;
     let (def, train_ex, val_ex) = load_data(&data_spec)?;
-    let mut train = tokenize_examples(&tok, &def, &train_ex)?;
+    let (max_pos, cut) = (trainer.model.cfg.max_positions, data_spec.truncate);
+    let mut train = tokenize_examples(&tok, &def, &train_ex, max_pos, cut)?;
     super::augment::junk_suffixes(
         &tok,
         &def,
@@ -326,7 +336,7 @@ pub fn run_on<B: Backend>(
         data_spec.junk_suffix,
         data_spec.data_seed,
     )?;
-    let val = tokenize_examples(&tok, &def, &val_ex)?;
+    let val = tokenize_examples(&tok, &def, &val_ex, max_pos, cut)?;
     let cfg = trainer.cfg.clone();
     let per_epoch = epoch_batches(&train, &cfg, 0).len();
     let total = trainer.total_steps(per_epoch);
