@@ -213,7 +213,7 @@ fn junk_suffixes_put_random_tokens_in_the_slot_only() {
         Tokenizer::from_file(&common::fixture("neox-parallel-cls").join("tokenizer.json")).unwrap();
     let task = Task::from_name("password-match").unwrap();
     let (train, _) = task.split(200, 10, 1).unwrap();
-    let clean = tokenize_examples(&tok, &task.def, &train).unwrap();
+    let clean = tokenize_examples(&tok, &task.def, &train, 128, Default::default()).unwrap();
     let run = |fraction: f32, seed: u64| {
         let mut d = clean.clone();
         junk_suffixes(&tok, &task.def, &train, &mut d, fraction, seed).unwrap();
