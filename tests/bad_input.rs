@@ -1147,3 +1147,74 @@ fn a_huge_text_is_refused_fast_or_truncated_on_request() {
         &["example 0", "max_position_embeddings (128)"],
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Device failures surface where they happen: on the GPU path (the CPU harness), a pass whose
+// allocation fails must return Err from that very call, never NaN values as Ok.
+
+#[test]
+fn every_device_read_back_reports_a_failed_pass() {
+    use armsrace::backend::gpu::emu::EmuDevice;
+    use armsrace::backend::gpu::{GpuBackend, Precision};
+    use armsrace::model::scoring::PrefixView;
+    let be = GpuBackend::new(EmuDevice::new(), Precision::F32);
+    let m = Model::load(&fixture("neox-parallel-cls"), be).unwrap();
+    let ids: Vec<u32> = (3..40).collect();
+    let batch = Batch::from_sequences(std::slice::from_ref(&ids), 0).unwrap();
+    let cache = m.prefix_cache(&ids[..20]).unwrap();
+    let tail = Batch::from_sequences(&[ids[20..].to_vec()], 0).unwrap();
+    let obj = Objective::Classify { labels: vec![1] };
+    let onehot = GradRequest {
+        onehot_rows: Some(vec![2, 3]),
+        weights: false,
+    };
+    let dev = m.backend().device();
+    type Case<'a> = (&'a str, Box<dyn Fn() -> armsrace::Result<()> + 'a>);
+    let cases: Vec<Case<'_>> = vec![
+        ("logits", Box::new(|| m.logits(&batch).map(|_| ()))),
+        (
+            "logits_with_prefix",
+            Box::new(|| m.logits_with_prefix(&cache, &tail).map(|_| ())),
+        ),
+        (
+            "extend_prefix",
+            Box::new(|| m.extend_prefix(Some(&cache), &ids[20..25]).map(|_| ())),
+        ),
+        (
+            "logits_at_rows",
+            Box::new(|| {
+                let v = PrefixView::all(&cache);
+                m.logits_at_rows(Some(&v), &tail, &[0, 5], true).map(|_| ())
+            }),
+        ),
+        (
+            "one-hot gradient",
+            Box::new(|| m.loss_and_grads(&batch, &obj, &onehot).map(|_| ())),
+        ),
+        (
+            "one-hot gradient of a custom loss",
+            Box::new(|| {
+                m.onehot_grad_with(&batch, &[36], &[2, 3], |z| vec![1.0; z.len()])
+                    .map(|_| ())
+            }),
+        ),
+        (
+            "loss_with_prefix",
+            Box::new(|| m.loss_with_prefix(&cache, &tail, &obj).map(|_| ())),
+        ),
+    ];
+    for (what, f) in &cases {
+        // Each works uncapped...
+        f().unwrap_or_else(|e| panic!("{what}: {e}"));
+        // ...and fails loudly, in the same call, when the device does (no allocation fits:
+        // the pass records a failure on the device).
+        m.backend().trim();
+        dev.set_mem_cap(Some(dev.mem_used()));
+        let r = no_panic(what, f);
+        dev.set_mem_cap(None);
+        let e = r
+            .err()
+            .unwrap_or_else(|| panic!("{what}: Ok from a failed device pass"));
+        assert!(e.is_out_of_memory(), "{what}: {e}");
+    }
+}

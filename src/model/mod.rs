@@ -296,9 +296,12 @@ impl<B: Backend> Model<B> {
             HeadKind::Classifier { .. } => batch.last_rows()?,
             HeadKind::CausalLm => (0..batch.rows()).collect(),
         };
-        Ok(self
+        let logits = self
             .backend
-            .download(&self.head_forward(&trace.x_out, &rows).logits))
+            .download(&self.head_forward(&trace.x_out, &rows).logits);
+        // A failed device pass surfaces here, not as NaN logits in a later call.
+        self.backend.check()?;
+        Ok(logits)
     }
 
     /// Classifier logits [n, labels] of `seqs` in their order, run in batches of at most
@@ -383,9 +386,12 @@ impl<B: Backend> Model<B> {
             HeadKind::Classifier { .. } => batch.last_rows()?,
             HeadKind::CausalLm => (0..batch.rows()).collect(),
         };
-        Ok(self
+        let logits = self
             .backend
-            .download(&self.head_forward(&trace.x_out, &rows).logits))
+            .download(&self.head_forward(&trace.x_out, &rows).logits);
+        // A failed device pass surfaces here, not as NaN logits in a later call.
+        self.backend.check()?;
+        Ok(logits)
     }
 
     /// Per-sequence losses of continuations against a cached prefix (no gradients).
@@ -402,7 +408,6 @@ impl<B: Backend> Model<B> {
         let losses =
             self.backend
                 .cross_entropy(&mut dl, &logits, &lr.targets, &lr.scale, self.head_width());
-        self.backend.check()?;
         self.backend.check()?;
         Ok(per_sequence(&lr, &losses, batch.batch))
     }

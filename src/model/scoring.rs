@@ -95,6 +95,7 @@ impl<B: Backend> Model<B> {
             rows: &[],
         };
         let (_, new) = self.lean_stack(std::slice::from_ref(&seg), Top::QkvOnly, true)?;
+        self.backend.check()?;
         let Some(cache) = cache else {
             return Ok(PrefixCache {
                 len: ids.len(),
@@ -191,6 +192,7 @@ impl<B: Backend> Model<B> {
             rstd,
         } = self.head_forward(&trace.x_out, rows);
         let host = be.download(&logits);
+        be.check()?;
         let dl = dlogits(&host);
         if dl.len() != host.len() {
             return Err(Error::input(format!(
@@ -237,7 +239,9 @@ impl<B: Backend> Model<B> {
         let mut oh = be.zeros(n * self.cfg.vocab);
         // d loss / d onehot = d loss / d embedding row . E^T
         be.matmul(&mut oh, &d, &w.embed, None, n, h, self.cfg.vocab, false);
-        Ok((host, be.download(&oh)))
+        let oh = be.download(&oh);
+        be.check()?;
+        Ok((host, oh))
     }
 
     /// Whether this model reads one row per sequence (a classifier) or many (a causal LM).
