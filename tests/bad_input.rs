@@ -1218,3 +1218,69 @@ fn every_device_read_back_reports_a_failed_pass() {
         assert!(e.is_out_of_memory(), "{what}: {e}");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Sizes and constants no checkpoint has: refused from config.json, before any allocation
+// (they used to abort on a failed allocation of terabytes, or panic on a capacity overflow).
+
+#[test]
+fn absurd_config_numbers_are_refused_before_allocating() {
+    let cases: [(&str, Value, &[&str]); 8] = [
+        (
+            "vocab_size",
+            json!(10_000_000_000_000u64),
+            &["vocab_size", "outside"],
+        ),
+        ("vocab_size", json!(u64::MAX), &["vocab_size", "outside"]),
+        (
+            "hidden_size",
+            json!(1u64 << 40),
+            &["hidden_size", "outside"],
+        ),
+        (
+            "intermediate_size",
+            json!(1u64 << 30),
+            &["intermediate_size", "outside"],
+        ),
+        (
+            "num_hidden_layers",
+            json!(1_000_000),
+            &["num_hidden_layers", "outside"],
+        ),
+        (
+            "layer_norm_eps",
+            json!(-1e-5),
+            &["layer_norm_eps", "positive"],
+        ),
+        (
+            "layer_norm_eps",
+            json!(0.0),
+            &["layer_norm_eps", "positive"],
+        ),
+        ("num_labels", json!(1u64 << 20), &["num_labels"]),
+    ];
+    for (field, value, needles) in cases {
+        let tmp = copy_fixture("neox-parallel-cls");
+        edit_config(tmp.path(), |c| {
+            c.insert(field.into(), value.clone());
+            if field == "num_labels" {
+                c.remove("id2label");
+                c.remove("label2id");
+            }
+        });
+        let what = format!("{field} = {value}");
+        let t = std::time::Instant::now();
+        let e = load_err(&what, tmp.path());
+        assert_mentions(&what, &e, needles);
+        assert!(t.elapsed().as_secs() < 5, "{what}: took {:?}", t.elapsed());
+    }
+    // A matrix too large although each size is in bounds.
+    let tmp = copy_fixture("neox-parallel-cls");
+    edit_config(tmp.path(), |c| {
+        c.insert("vocab_size".into(), json!(1u64 << 24));
+        c.insert("hidden_size".into(), json!(1u64 << 16));
+        c.insert("num_attention_heads".into(), json!(256));
+    });
+    let e = load_err("vocab x hidden", tmp.path());
+    assert_mentions("vocab x hidden", &e, &["2^36"]);
+}

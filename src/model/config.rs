@@ -261,7 +261,83 @@ impl ModelConfig {
                 format!("gives an odd rotary dimension {}", cfg.rotary_dims),
             ));
         }
+        cfg.check_bounds()?;
         Ok(cfg)
+    }
+
+    /// Sizes and constants no real checkpoint has are refused before anything is allocated
+    /// (a corrupt or hand-edited config.json must not ask for terabytes): every dimension
+    /// within generous bounds (the largest models use vocabularies of ~256k and hidden
+    /// sizes of ~16k), every weight matrix under 2^36 elements, positive finite epsilon
+    /// and rotary base.
+    fn check_bounds(&self) -> Result<()> {
+        let norm_field = match self.norm {
+            NormKind::LayerNorm => "layer_norm_eps",
+            NormKind::RmsNorm => "rms_norm_eps",
+        };
+        for (field, v, max) in [
+            ("hidden_size", self.hidden, 1 << 17),
+            ("num_hidden_layers", self.layers, 1 << 12),
+            ("num_attention_heads", self.heads, 1 << 12),
+            ("intermediate_size", self.intermediate, 1 << 20),
+            ("vocab_size", self.vocab, 1 << 24),
+        ] {
+            if v == 0 || v > max {
+                return Err(Error::config(
+                    field,
+                    format!("{v} is outside 1..={max} (a corrupt config.json?)"),
+                ));
+            }
+        }
+        let elements = [
+            (
+                "vocab_size x hidden_size",
+                self.vocab.checked_mul(self.hidden),
+            ),
+            (
+                "intermediate_size x hidden_size",
+                self.up_rows().checked_mul(self.hidden),
+            ),
+            ("qkv x hidden_size", self.qkv_dim().checked_mul(self.hidden)),
+        ];
+        for (what, n) in elements {
+            if n.is_none_or(|n| n > 1 << 36) {
+                return Err(Error::config(
+                    what.split(' ').next().unwrap_or(what),
+                    format!(
+                        "{what} is a matrix of more than 2^36 weights (a corrupt config.json?)"
+                    ),
+                ));
+            }
+        }
+        if !(self.norm_eps.is_finite() && self.norm_eps > 0.0) {
+            return Err(Error::config(
+                norm_field,
+                format!("must be a positive number, found {}", self.norm_eps),
+            ));
+        }
+        if let HeadKind::Classifier { num_labels } = self.head {
+            if num_labels > 1 << 16 {
+                return Err(Error::config(
+                    "num_labels",
+                    format!("{num_labels} classes is outside 1..=65536"),
+                ));
+            }
+        }
+        let rope_field = match self.arch {
+            Arch::GptNeoX => "rotary_emb_base",
+            Arch::Qwen2 => "rope_theta",
+        };
+        if !(self.rope_base.is_finite() && self.rope_base > 0.0) {
+            return Err(Error::config(
+                rope_field,
+                format!(
+                    "the rotary base must be a positive number, found {}",
+                    self.rope_base
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Width of the fused q|k|v projection.
