@@ -517,18 +517,16 @@ fn cli_attack_prints_a_summary() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("infix:2"));
 }
 
-/// The bundled classifier, if it is in the checkout.
-fn bundled() -> Option<PathBuf> {
+/// The bundled classifier.
+fn bundled() -> PathBuf {
+    // Committed with the repository: a missing copy is a broken checkout, not a skip.
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_MODEL);
-    if p.join("config.json").exists() {
-        Some(p)
-    } else {
-        eprintln!(
-            "SKIPPED: {} is absent; GCG vs random-token needs the bundled classifier",
-            p.display()
-        );
-        None
-    }
+    assert!(
+        p.join("config.json").exists(),
+        "{} is absent: the bundled classifier is part of the repository",
+        p.display()
+    );
+    p
 }
 
 /// At equal nominal FLOPs per example, GCG breaks more examples than random tokens, with
@@ -540,7 +538,7 @@ fn bundled() -> Option<PathBuf> {
 /// U+FFFD, which the model never saw in training.
 #[test]
 fn gcg_beats_random_tokens_at_equal_nominal_flops() {
-    let Some(model) = bundled() else { return };
+    let model = bundled();
     let tmp = tempfile::tempdir().unwrap();
     let mut plan = Plan::study_gcg(model);
     plan.ascii_only = true;
@@ -579,13 +577,11 @@ fn gcg_beats_random_tokens_at_equal_nominal_flops() {
 /// the plain decode → encode check on the full ids.
 #[test]
 fn every_threat_model_starts_valid_and_rejects_only_real_merges() {
-    let mut toks = vec![
+    let toks = vec![
         ("tokenizer-bytelevel", fixture("tokenizer-bytelevel")),
         ("tokenizer-qwen", fixture("tokenizer-qwen")),
+        ("bundled", bundled()),
     ];
-    if let Some(b) = bundled() {
-        toks.push(("bundled", b));
-    }
     let task = Task::from_name("password-match").unwrap();
     let examples = task.generate(4, 5).unwrap();
     for (name, dir) in toks {

@@ -635,3 +635,40 @@ fn an_iteration_whose_candidates_are_all_filtered_is_skipped_and_counted() {
     }
     assert!(subs.iter().all(|s| s.state.ids == vec![x; 10]));
 }
+
+#[test]
+fn one_writer_per_results_directory_and_a_dead_writer_does_not_block() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let cmd = |iterations: &str| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_armsrace"));
+        c.args([
+            "attack",
+            "--attack",
+            "random-token",
+            "--iterations",
+            iterations,
+            "--out",
+        ])
+        .arg(&out)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+        c
+    };
+    let mut first = cmd("1000000").spawn().unwrap();
+    let t = std::time::Instant::now();
+    while !out.join(RESULTS_FILE).exists() {
+        assert!(t.elapsed().as_secs() < 60, "the first run wrote nothing");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let second = cmd("1000000").output().unwrap();
+    assert!(!second.status.success());
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(err.contains("another armsrace process"), "{err}");
+    first.kill().unwrap(); // SIGKILL: the lock dies with the process
+    first.wait().unwrap();
+    // The directory is free again: a run with other settings now reaches the settings check.
+    let third = cmd("5").output().unwrap();
+    let err = String::from_utf8_lossy(&third.stderr);
+    assert!(err.contains("different settings"), "{err}");
+}

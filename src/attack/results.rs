@@ -264,6 +264,40 @@ impl ResultsLog {
     }
 }
 
+/// The lock file that marks a results directory as being written.
+pub const LOCK_FILE: &str = ".armsrace.lock";
+
+/// An advisory lock on a run directory, held while a process writes there: a second
+/// process on the same directory is refused instead of interleaving lines with the first.
+/// The operating system releases it when the holder exits, killed or not, so a stale lock
+/// never blocks.
+#[derive(Debug)]
+pub struct DirLock {
+    _file: File,
+}
+
+/// Locks `dir` (created if missing) for one writer, or names the directory that another
+/// process holds.
+pub fn lock_dir(dir: &Path) -> Result<DirLock> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let p = dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&p)
+        .map_err(|e| Error::io(&p, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(DirLock { _file: file }),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::input(format!(
+            "{}: another armsrace process is writing this run (it holds {LOCK_FILE}); wait \
+             for it to finish or choose another --out",
+            dir.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::io(&p, e)),
+    }
+}
+
 /// Prepares the output directory: with `overwrite` earlier results are deleted; otherwise
 /// an existing `config.json` must equal `config` (then the run resumes). Returns whether
 /// earlier results exist to resume from.

@@ -125,7 +125,8 @@ impl Piece {
 /// candidates need). Candidates with the same cached prefix and length form a piece; pieces
 /// of all examples are packed into calls of at most `max_rows` rows, so the GEMMs see every
 /// piece at once while attention runs per piece against its own prefix. At least one token
-/// of each candidate always runs: every position the goal reads.
+/// of each candidate always runs: every position the goal reads. A candidate longer than
+/// the model's context is not run: it fails, with loss +inf.
 pub fn score_many<B: Backend>(
     v: &Victim<B>,
     jobs: &[Job<'_, B>],
@@ -187,6 +188,12 @@ pub fn score_many<B: Backend>(
         };
         let mut groups: BTreeMap<(usize, usize), Vec<usize>> = BTreeMap::new();
         for (i, (c, &p)) in job.seqs.iter().zip(&starts).enumerate() {
+            if c.len() > cfg.max_positions {
+                // The victim cannot read it: a failed candidate, not an error (a retokenized
+                // attack text can come out longer than the context).
+                out[ji].losses[i] = f32::INFINITY;
+                continue;
+            }
             groups.entry((p, c.len())).or_default().push(i);
         }
         for ((start, len), idxs) in groups {
@@ -387,6 +394,10 @@ pub fn score_naive_seqs<B: Backend>(
     };
     let mut by_len: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
     for (i, c) in seqs.iter().enumerate() {
+        if c.len() > v.model.cfg.max_positions {
+            out.losses[i] = f32::INFINITY; // unreadable: a failed candidate (see score_many)
+            continue;
+        }
         by_len.entry(c.len()).or_default().push(i);
     }
     for (seq, idxs) in by_len {

@@ -7,7 +7,8 @@ use super::budget::{pretraining_flops, Budget};
 use super::gcg::{Gcg, GcgConfig};
 use super::random_token::{RandomToken, RandomTokenConfig};
 use super::results::{
-    prepare_dir, write_jsonl_atomic, ResultsLog, EXAMPLES_FILE, RESULTS_FILE, SUMMARY_FILE,
+    lock_dir, prepare_dir, write_jsonl_atomic, ResultsLog, EXAMPLES_FILE, RESULTS_FILE,
+    SUMMARY_FILE,
 };
 use super::runner::{run, Progress, RunOptions, RunOutput};
 use super::subject::{build_subjects, FastPaths, GoalSpec, Subject, Victim};
@@ -356,6 +357,8 @@ pub fn attack_examples<B: Backend + Clone>(
         rows_cap: Default::default(),
     };
     let out = run_opts.out;
+    // One writer per results directory, held until the run returns.
+    let _lock = lock_dir(out)?;
     let config = serde_json::to_value(plan).map_err(|e| Error::Other(e.to_string()))?;
     prepare_dir(out, &config, run_opts.overwrite)?;
     let mut log = ResultsLog::open(&out.join(RESULTS_FILE))?;

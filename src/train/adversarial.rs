@@ -440,6 +440,7 @@ pub fn run<B: Backend + Clone>(
 ) -> Result<AdvOutput> {
     check_config(cfg)?;
     std::fs::create_dir_all(run).map_err(|e| Error::io(run, e))?;
+    let _lock = crate::attack::results::lock_dir(run)?;
     let settings = serde_json::to_value(cfg).map_err(|e| Error::Other(e.to_string()))?;
     settings_file(&run.join(SETTINGS_FILE), &settings)?;
     let start_tok = cfg.model.join("tokenizer.json");
