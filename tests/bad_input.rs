@@ -422,7 +422,7 @@ fn out_of_bounds_data_offsets() {
     st.header[last]["shape"] = json!(shape);
     write_st_raw(&path, &st.header, &st.data);
     let msg = load_err("out of bounds", tmp.path());
-    assert_mentions("out of bounds", &msg, &["model.safetensors"]);
+    assert_mentions("out of bounds", &msg, &["model.safetensors", last.as_str()]);
 
     // Offsets whose byte count disagrees with dtype x shape.
     let tmp = copy_fixture("neox-parallel-cls");
@@ -433,7 +433,12 @@ fn out_of_bounds_data_offsets() {
     st.header[&first]["data_offsets"] = json!([s, e + 4]);
     write_st_raw(&path, &st.header, &st.data);
     let msg = load_err("size mismatch", tmp.path());
-    assert_mentions("size mismatch", &msg, &["model.safetensors"]);
+    // The message names the tensor, not only "invalid shape, data type, or offset".
+    assert_mentions(
+        "size mismatch",
+        &msg,
+        &["model.safetensors", first.as_str()],
+    );
 }
 
 #[test]
@@ -1283,4 +1288,37 @@ fn absurd_config_numbers_are_refused_before_allocating() {
     });
     let e = load_err("vocab x hidden", tmp.path());
     assert_mentions("vocab x hidden", &e, &["2^36"]);
+}
+
+#[test]
+fn a_pad_id_past_the_vocabulary_names_the_config_field_and_a_bom_is_not_json() {
+    let tmp = copy_fixture("neox-parallel-cls");
+    edit_config(tmp.path(), |c| {
+        c.insert("pad_token_id".into(), json!(400));
+    });
+    let e = load_err("pad id", tmp.path());
+    assert_mentions("pad id", &e, &["pad_token_id", "vocab_size 400"]);
+    // A UTF-8 byte-order mark before the first JSONL line is skipped, by the loader and by
+    // classify alike.
+    let data = tmp.path().join("bom.jsonl");
+    let mut bytes = b"\xEF\xBB\xBF".to_vec();
+    bytes.extend_from_slice(br#"{"text": "hello", "label": 1}"#);
+    bytes.push(b'\n');
+    std::fs::write(&data, &bytes).unwrap();
+    let def = armsrace::task::defs::generic(&data).unwrap();
+    let ex = armsrace::task::jsonl::load(&data, &def).unwrap();
+    assert_eq!((ex[0].text.as_str(), ex[0].label), ("hello", 1));
+    let m = fixture("neox-parallel-cls");
+    let out = armsrace_cli(&[
+        "classify",
+        "--model",
+        m.to_str().unwrap(),
+        "--input",
+        data.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -60,6 +60,12 @@ fn read_input(path: &PathBuf) -> anyhow::Result<Vec<Line>> {
     let mut out = Vec::new();
     for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
         let line = line.map_err(|e| anyhow::anyhow!("{}: line {}: {e}", path.display(), i + 1))?;
+        // A UTF-8 byte-order mark is not part of the first line's JSON.
+        let line = if i == 0 {
+            line.trim_start_matches('\u{feff}').to_string()
+        } else {
+            line
+        };
         if line.trim().is_empty() {
             continue;
         }

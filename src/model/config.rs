@@ -316,6 +316,12 @@ impl ModelConfig {
                 format!("must be a positive number, found {}", self.norm_eps),
             ));
         }
+        if let Some(p) = self.pad_token_id.filter(|&p| p as usize >= self.vocab) {
+            return Err(Error::config(
+                "pad_token_id",
+                format!("{p} is outside the vocabulary (vocab_size {})", self.vocab),
+            ));
+        }
         if let HeadKind::Classifier { num_labels } = self.head {
             if num_labels > 1 << 16 {
                 return Err(Error::config(

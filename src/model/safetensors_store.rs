@@ -146,8 +146,10 @@ impl SafetensorsStore {
             // SAFETY: the map is read-only and private; a checkpoint modified on disk while we
             // run is outside what we guard against (as in every mmap-based loader).
             let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-            let st = SafeTensors::deserialize(&mmap)
-                .map_err(|e| Error::format(path, format!("invalid safetensors file: {e}")))?;
+            let st = SafeTensors::deserialize(&mmap).map_err(|e| {
+                let which = inconsistent_tensor(&mmap).unwrap_or_default();
+                Error::format(path, format!("invalid safetensors file: {e}{which}"))
+            })?;
             let base = mmap.as_ptr() as usize;
             for (name, view) in st.tensors() {
                 let dtype = match view.dtype() {
@@ -251,4 +253,44 @@ impl SafetensorsStore {
     pub fn file_paths(&self) -> impl Iterator<Item = &Path> {
         self.files.iter().map(|(p, _)| p.as_path())
     }
+}
+
+/// For an error message: the first tensor whose header entry disagrees with itself or with
+/// the file (byte span vs shape x dtype, or past the end), as ", tensor `NAME`: ...".
+fn inconsistent_tensor(bytes: &[u8]) -> Option<String> {
+    let n = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?) as usize;
+    let header: serde_json::Value =
+        serde_json::from_slice(bytes.get(8..8usize.checked_add(n)?)?).ok()?;
+    let data_len = bytes.len() - 8 - n;
+    for (name, t) in header.as_object()? {
+        if name == "__metadata__" {
+            continue;
+        }
+        let size = match t.get("dtype")?.as_str()? {
+            "F64" | "I64" | "U64" => 8,
+            "F32" | "I32" | "U32" => 4,
+            "F16" | "BF16" | "I16" | "U16" => 2,
+            _ => 1,
+        };
+        let elems = t
+            .get("shape")?
+            .as_array()?
+            .iter()
+            .try_fold(1usize, |a, d| a.checked_mul(d.as_u64()? as usize));
+        let off = t.get("data_offsets")?.as_array()?;
+        let (a, b) = (
+            off.first()?.as_u64()? as usize,
+            off.get(1)?.as_u64()? as usize,
+        );
+        let span = b.checked_sub(a);
+        let want = elems.and_then(|e| e.checked_mul(size));
+        if span.is_none() || span != want || b > data_len {
+            return Some(format!(
+                ", tensor `{name}`: data_offsets [{a}, {b}] (file data: {data_len} bytes) for \
+                 shape {} of {}",
+                t["shape"], t["dtype"]
+            ));
+        }
+    }
+    None
 }

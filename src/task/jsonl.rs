@@ -35,6 +35,8 @@ pub fn load(path: &Path, def: &TaskDef) -> Result<Vec<Example>> {
 /// and the 1-based line.
 pub fn load_as(path: &Path, def: &TaskDef, format: Format) -> Result<Vec<Example>> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    // A UTF-8 byte-order mark (some editors write one) is not part of the first line's JSON.
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
     let mut out = Vec::new();
     for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
         let at = |msg: String| Error::format(path, format!("line {}: {msg}", i + 1));
