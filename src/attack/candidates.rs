@@ -1,5 +1,5 @@
 //! GCG candidate generation: top-k tokens per attack position from the one-hot gradient,
-//! sampling swaps, and the retokenization filter.
+//! and sampling swaps (the validity filter is `Gcg::valid`).
 //!
 //! Top-k and the study's single-swap sampling are the backend's GCG ops
 //! ([`crate::backend::cpu::gcg`], the CPU reference the CUDA kernels are checked against),
@@ -9,10 +9,7 @@
 use super::vocab::Vocab;
 use crate::backend::cpu::gcg::{sample_candidates, topk_onehot};
 use crate::error::{Error, Result};
-use crate::task::RetokCheck;
-use crate::tokenize::Tokenizer;
 use rand::Rng;
-use rayon::prelude::*;
 
 /// Per attack position (row of `grad`, [positions, vocab]), the `k` allowed ids with the
 /// most negative gradient (the largest first-order decrease of the loss), ordered by
@@ -84,15 +81,6 @@ pub fn sample(
         })
         .collect();
     Ok(out)
-}
-
-/// Which candidates pass the retokenization check (all of them without a check), checked
-/// on rayon's pool; the order of the result is the order of `cands`.
-pub fn filter(check: Option<(&RetokCheck, &Tokenizer)>, cands: &[Vec<u32>]) -> Result<Vec<bool>> {
-    match check {
-        None => Ok(vec![true; cands.len()]),
-        Some((rc, tok)) => cands.par_iter().map(|c| rc.check(tok, c)).collect(),
-    }
 }
 
 /// Index of the first position where `a` and `b` differ (`a.len()` if none).

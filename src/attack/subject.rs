@@ -145,9 +145,7 @@ impl<B: Backend> Subject<B> {
 
     /// `before ++ attack ++ after ++ target`.
     pub fn sequence(&self, attack: &[u32]) -> Vec<u32> {
-        let mut s = self.prompt.ids(attack);
-        s.extend_from_slice(self.goal.suffix_ids());
-        s
+        self.with_suffix(self.prompt.ids(attack))
     }
 
     /// The prompt tokens the victim reads for the current attack (no goal suffix).

@@ -187,7 +187,7 @@ impl AttackOpts {
         if self.sampler.is_some() && self.attack != Kind::Beast {
             anyhow::bail!("--sampler is BEAST's (--attack beast)");
         }
-        let (attack, iterations, name) = match self.attack {
+        let (attack, name) = match self.attack {
             Kind::Gcg => (
                 AttackSpec::Gcg(GcgConfig {
                     search_width: self.search_width,
@@ -199,7 +199,6 @@ impl AttackOpts {
                     filter: !self.no_filter,
                     seed: self.seed,
                 }),
-                10,
                 "gcg",
             ),
             Kind::RandomToken => (
@@ -208,7 +207,6 @@ impl AttackOpts {
                     loss,
                     seed: self.seed,
                 }),
-                1280,
                 "random-token",
             ),
             Kind::Beast => {
@@ -218,9 +216,6 @@ impl AttackOpts {
                          tokenizer (the study used pythia-14m for Pythia victims)"
                     );
                 };
-                if !(self.temperature.is_finite() && self.temperature > 0.0) {
-                    anyhow::bail!("--temperature must be positive, got {}", self.temperature);
-                }
                 (
                     AttackSpec::Beast(BeastConfig {
                         sampler: super::resolve_model(sampler)?,
@@ -231,12 +226,12 @@ impl AttackOpts {
                         early_stop: self.early_stop,
                         seed: self.seed,
                     }),
-                    25,
                     "beast",
                 )
             }
         };
         Ok(AttackChoice {
+            default_iterations: attack.study_iterations(),
             attack,
             attack_tokens: self.attack_tokens,
             init: self.init.clone(),
@@ -249,7 +244,6 @@ impl AttackOpts {
             },
             threat: threat.to_string(),
             pretrain_tokens: self.pretrain_tokens,
-            default_iterations: iterations,
             name,
         })
     }
