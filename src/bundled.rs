@@ -30,13 +30,13 @@ pub fn resolve(model: &Path) -> Result<PathBuf> {
     if model.is_dir() || model != Path::new(DEFAULT_MODEL) {
         return Ok(model.to_path_buf());
     }
-    // FNV-1a over the files: a new bundled model gets a new directory.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for (_, bytes) in FILES {
-        for &b in bytes {
-            h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
-        }
+    // A hash of the files: a new bundled model gets a new directory.
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    for (name, bytes) in FILES {
+        hasher.update(name.as_bytes());
+        hasher.update(bytes);
     }
+    let h = hasher.digest();
     let dir = std::env::temp_dir().join(format!("armsrace-bundled-{h:016x}"));
     if dir.join("tokenizer.json").exists() {
         return Ok(dir);

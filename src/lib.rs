@@ -8,6 +8,7 @@ pub mod backend;
 pub mod bench;
 pub mod bundled;
 pub mod error;
+pub mod files;
 pub mod flops;
 pub mod interrupt;
 pub mod model;

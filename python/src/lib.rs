@@ -436,6 +436,7 @@ fn run_attack(
         overwrite,
         stop_after: None,
         attack_misclassified: false,
+        inputs: plan.inputs()?,
     };
     with_model!(&pm.inner, m => {
         let target = Target {

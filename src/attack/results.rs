@@ -112,16 +112,14 @@ impl ExampleRecord {
 }
 
 /// Writes `lines` as JSONL to `path` through a temporary file and a rename (a kill leaves
-/// the old file or the new one, whole).
+/// the old file or the new one, whole; see [`crate::files::write_atomic`]).
 pub fn write_jsonl_atomic<T: Serialize>(path: &Path, lines: &[T]) -> Result<()> {
     let mut buf = Vec::new();
     for l in lines {
         serde_json::to_writer(&mut buf, l).map_err(|e| Error::Other(e.to_string()))?;
         buf.push(b'\n');
     }
-    let tmp = path.with_extension("jsonl.tmp");
-    std::fs::write(&tmp, buf).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    crate::files::write_atomic(path, &buf)
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -159,6 +157,9 @@ pub struct ResultsLog {
     /// Byte offset up to which the file has been replayed.
     replayed_to: u64,
     file: Option<File>,
+    /// When the file was last synced to disk (at most a second of appended units is
+    /// unsynced: a power cut loses no more, and a resume redoes it).
+    synced: std::time::Instant,
 }
 
 impl ResultsLog {
@@ -199,6 +200,7 @@ impl ResultsLog {
             next: 0,
             replayed_to: 0,
             file: None,
+            synced: std::time::Instant::now(),
         })
     }
 
@@ -225,6 +227,7 @@ impl ResultsLog {
     /// Appends a unit and flushes it. The first append cuts whatever was not replayed.
     pub fn append(&mut self, lines: &[Line]) -> Result<()> {
         let path = self.path.clone();
+        let (now, synced) = (std::time::Instant::now(), self.synced);
         let file = match &mut self.file {
             Some(f) => f,
             None => self.open_for_append()?,
@@ -234,16 +237,26 @@ impl ResultsLog {
             serde_json::to_writer(&mut buf, l).map_err(|e| Error::Other(e.to_string()))?;
             buf.push(b'\n');
         }
+        // One write per unit: a killed process leaves whole units and at most one torn
+        // last line, which the next open drops.
         file.write_all(&buf).map_err(|e| Error::io(&path, e))?;
-        file.flush().map_err(|e| Error::io(&path, e))
-    }
-
-    /// Cuts lines that were never replayed (nothing new to append but a stale tail).
-    pub fn finish(&mut self) -> Result<()> {
-        if self.file.is_none() {
-            self.open_for_append()?;
+        file.flush().map_err(|e| Error::io(&path, e))?;
+        if now.duration_since(synced) >= std::time::Duration::from_secs(1) {
+            file.sync_data().map_err(|e| Error::io(&path, e))?;
+            self.synced = now;
         }
         Ok(())
+    }
+
+    /// Cuts lines that were never replayed (nothing new to append but a stale tail), and
+    /// syncs the file.
+    pub fn finish(&mut self) -> Result<()> {
+        let path = self.path.clone();
+        let file = match &mut self.file {
+            Some(f) => f,
+            None => self.open_for_append()?,
+        };
+        file.sync_data().map_err(|e| Error::io(&path, e))
     }
 
     fn open_for_append(&mut self) -> Result<&mut File> {
@@ -261,40 +274,6 @@ impl ResultsLog {
             .map_err(|e| Error::io(p, e))?;
         self.next = self.old.len();
         Ok(self.file.insert(f))
-    }
-}
-
-/// The lock file that marks a results directory as being written.
-pub const LOCK_FILE: &str = ".armsrace.lock";
-
-/// An advisory lock on a run directory, held while a process writes there: a second
-/// process on the same directory is refused instead of interleaving lines with the first.
-/// The operating system releases it when the holder exits, killed or not, so a stale lock
-/// never blocks.
-#[derive(Debug)]
-pub struct DirLock {
-    _file: File,
-}
-
-/// Locks `dir` (created if missing) for one writer, or names the directory that another
-/// process holds.
-pub fn lock_dir(dir: &Path) -> Result<DirLock> {
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let p = dir.join(LOCK_FILE);
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&p)
-        .map_err(|e| Error::io(&p, e))?;
-    match file.try_lock() {
-        Ok(()) => Ok(DirLock { _file: file }),
-        Err(std::fs::TryLockError::WouldBlock) => Err(Error::input(format!(
-            "{}: another armsrace process is writing this run (it holds {LOCK_FILE}); wait \
-             for it to finish or choose another --out",
-            dir.display()
-        ))),
-        Err(std::fs::TryLockError::Error(e)) => Err(Error::io(&p, e)),
     }
 }
 
@@ -329,8 +308,9 @@ pub fn settings_file(path: &Path, config: &serde_json::Value) -> Result<bool> {
                 return Err(Error::format(
                     path,
                     format!(
-                        "the results here come from different settings (`{field}` differs); \
-                         pass --overwrite to start over or choose another --out"
+                        "the results here come from {}; pass --overwrite to start over or \
+                         choose another --out",
+                        describe_difference(&field)
                     ),
                 ));
             }
@@ -339,12 +319,22 @@ pub fn settings_file(path: &Path, config: &serde_json::Value) -> Result<bool> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             // Written beside and renamed: a kill mid-write never leaves half a settings file.
             let text = serde_json::to_string_pretty(config).expect("plain data");
-            let tmp = path.with_extension("json.tmp");
-            std::fs::write(&tmp, text).map_err(|e| Error::io(&tmp, e))?;
-            std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+            crate::files::write_atomic(path, text.as_bytes())?;
             Ok(false)
         }
         Err(e) => Err(Error::io(path, e)),
+    }
+}
+
+/// What a settings difference at dotted path `field` means, for an error message: another
+/// setting, or an input file whose content changed.
+pub fn describe_difference(field: &str) -> String {
+    match field.strip_prefix("inputs.") {
+        Some(file) => format!(
+            "other inputs: `{file}` is not the file this run read (its content fingerprint \
+             differs, or it was added or removed)"
+        ),
+        None => format!("different settings (`{field}` differs)"),
     }
 }
 

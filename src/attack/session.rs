@@ -7,8 +7,7 @@ use super::budget::{pretraining_flops, Budget};
 use super::gcg::{Gcg, GcgConfig};
 use super::random_token::{RandomToken, RandomTokenConfig};
 use super::results::{
-    lock_dir, prepare_dir, write_jsonl_atomic, ResultsLog, EXAMPLES_FILE, RESULTS_FILE,
-    SUMMARY_FILE,
+    prepare_dir, write_jsonl_atomic, ResultsLog, EXAMPLES_FILE, RESULTS_FILE, SUMMARY_FILE,
 };
 use super::runner::{run, Progress, RunOptions, RunOutput};
 use super::subject::{build_subjects, FastPaths, GoalSpec, Subject, Victim};
@@ -24,6 +23,8 @@ use crate::task::{Example, Task, ThreatModel, ATTACK_INIT_TEXT};
 use crate::tokenize::Tokenizer;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+
+use crate::files::Inputs;
 
 /// The bundled PasswordMatch classifier (see [`crate::bundled`]).
 pub use crate::bundled::DEFAULT_MODEL;
@@ -122,6 +123,14 @@ impl AttackSpec {
         }
     }
 
+    /// Adds the files the attack itself reads (BEAST's sampler) to `inputs`.
+    pub fn add_inputs(&self, inputs: &mut Inputs) -> Result<()> {
+        match self {
+            AttackSpec::Beast(c) => crate::files::add_model(inputs, "sampler", &c.sampler),
+            AttackSpec::Gcg(_) | AttackSpec::RandomToken(_) => Ok(()),
+        }
+    }
+
     /// Whether subjects need GCG's retokenization check.
     fn filter(&self) -> bool {
         match self {
@@ -160,6 +169,19 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// The files this plan reads, fingerprinted: the checkpoint, the data (a `jsonl:PATH`
+    /// task and its sidecar, or `data`), and the attack's own (BEAST's sampler).
+    pub fn inputs(&self) -> Result<Inputs> {
+        let mut inputs = Inputs::new();
+        crate::files::add_model(&mut inputs, "model", &self.model)?;
+        crate::files::add_task(&mut inputs, &self.task)?;
+        if let Some(d) = &self.data {
+            crate::files::add_file(&mut inputs, "data", d)?;
+        }
+        self.attack.add_inputs(&mut inputs)?;
+        Ok(inputs)
+    }
+
     /// The study's GCG on the bundled classifier: PasswordMatch, suffix, 20 examples.
     pub fn study_gcg(model: PathBuf) -> Self {
         Plan {
@@ -265,6 +287,7 @@ pub fn run_plan_on<B: Backend + Clone>(
         overwrite,
         stop_after,
         attack_misclassified: false,
+        inputs: plan.inputs()?,
     };
     Ok(attack_examples(plan, &target, &examples, &opts, progress)?.0)
 }
@@ -287,6 +310,9 @@ pub struct ExampleRun<'a> {
     /// Attack examples the model already gets wrong too (adversarial training attacks
     /// every example it draws; an evaluation attacks only correct ones).
     pub attack_misclassified: bool,
+    /// The files the run read, fingerprinted ([`Plan::inputs`]; empty for a model made in
+    /// memory): recorded in config.json, and a resume on changed files is refused.
+    pub inputs: Inputs,
 }
 
 /// Attacks `examples` of `plan.task` with `plan`'s attack on a model in memory (the model
@@ -358,8 +384,9 @@ pub fn attack_examples<B: Backend + Clone>(
     };
     let out = run_opts.out;
     // One writer per results directory, held until the run returns.
-    let _lock = lock_dir(out)?;
-    let config = serde_json::to_value(plan).map_err(|e| Error::Other(e.to_string()))?;
+    let _lock = crate::files::lock_dir(out)?;
+    let mut config = serde_json::to_value(plan).map_err(|e| Error::Other(e.to_string()))?;
+    config["inputs"] = serde_json::to_value(&run_opts.inputs).expect("plain data");
     prepare_dir(out, &config, run_opts.overwrite)?;
     let mut log = ResultsLog::open(&out.join(RESULTS_FILE))?;
     let attack = plan.attack.build::<B>(&BuildCtx {
@@ -395,9 +422,7 @@ pub fn attack_examples<B: Backend + Clone>(
         write_jsonl_atomic(&out.join(EXAMPLES_FILE), &res.examples)?;
         let p = out.join(SUMMARY_FILE);
         let text = serde_json::to_string_pretty(&res.summary).expect("plain data");
-        let tmp = p.with_extension("json.tmp");
-        std::fs::write(&tmp, text).map_err(|e| Error::io(&tmp, e))?;
-        std::fs::rename(&tmp, &p).map_err(|e| Error::io(&p, e))?;
+        crate::files::write_atomic(&p, text.as_bytes())?;
     }
     Ok((res, subjects))
 }

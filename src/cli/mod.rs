@@ -20,6 +20,10 @@ struct Cli {
     /// Worker threads for the CPU backend (default: all cores).
     #[arg(long, global = true)]
     threads: Option<usize>,
+    /// Load checkpoints whose weights hold NaN or infinite values (refused by default,
+    /// naming the tensor).
+    #[arg(long, global = true)]
+    allow_nonfinite: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -45,6 +49,7 @@ enum Command {
 
 pub fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    armsrace::model::weights::set_allow_nonfinite(cli.allow_nonfinite);
     if let Some(n) = cli.threads {
         rayon::ThreadPoolBuilder::new()
             .num_threads(n)

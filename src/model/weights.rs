@@ -354,6 +354,35 @@ impl<T> Weights<T> {
 }
 
 /// Reads and converts one canonical tensor from the checkpoint, checking every shape.
+static ALLOW_NONFINITE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether checkpoints with NaN or infinite weights load (default: refused, naming the
+/// tensor and element; the CLI's `--allow-nonfinite` sets this for the process).
+pub fn set_allow_nonfinite(allow: bool) {
+    ALLOW_NONFINITE.store(allow, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// An error naming tensor `name` and the first NaN or infinite element of `data`, unless
+/// [`set_allow_nonfinite`] allowed them.
+fn check_finite(name: &str, data: &[f32]) -> Result<()> {
+    if ALLOW_NONFINITE.load(std::sync::atomic::Ordering::Relaxed) {
+        return Ok(());
+    }
+    match data.iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(i) => Err(Error::tensor(
+            name,
+            format!(
+                "element {i} is {} ({} of {} elements are not finite); the checkpoint is \
+                 damaged, or pass --allow-nonfinite to load it anyway",
+                data[i],
+                data.iter().filter(|v| !v.is_finite()).count(),
+                data.len()
+            ),
+        )),
+    }
+}
+
 pub fn load_spec(
     store: &SafetensorsStore,
     cfg: &ModelConfig,
@@ -377,7 +406,9 @@ pub fn load_spec(
                 ),
             ));
         }
+        let start = data.len();
         t.extend_f32(&mut data);
+        check_finite(name, &data[start..])?;
     }
     if spec.neox_interleaved {
         data = permute_neox_rows(&data, spec.cols, cfg.heads, cfg.head_dim, true);

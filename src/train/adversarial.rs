@@ -48,6 +48,7 @@ use crate::attack::session::{attack_examples, ExampleRun, Plan, Target};
 use crate::attack::summary::Summary;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
+use crate::files::write_atomic;
 use crate::model::config::{Arch, ModelConfig};
 use crate::model::safetensors_store::SafetensorsStore;
 use crate::model::weights::{load_spec, Weights};
@@ -326,12 +327,6 @@ fn clean_pool(cfg: &AdvConfig, tok: &Tokenizer) -> Result<(Vec<Example>, Vec<Lab
     Ok((train, ids))
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
-}
-
 /// The pool file's first `n` entries (a longer file comes from a round that did not
 /// finish: it is cut back to `n`).
 fn read_pool(path: &Path, n: usize) -> Result<Vec<PoolEntry>> {
@@ -401,6 +396,19 @@ fn host_weights(dir: &Path) -> Result<(ModelConfig, Weights<Vec<f32>>)> {
     Ok((cfg, w))
 }
 
+/// The files a run reads, fingerprinted: the starting classifier, the data, the attack's
+/// own (a sampler).
+fn adv_inputs(cfg: &AdvConfig) -> Result<crate::files::Inputs> {
+    let mut inputs = crate::files::Inputs::new();
+    crate::files::add_model(&mut inputs, "model", &cfg.model)?;
+    crate::files::add_task(&mut inputs, &cfg.task)?;
+    if let Some(d) = &cfg.data {
+        crate::files::add_file(&mut inputs, "data", d)?;
+    }
+    cfg.attack.attack.add_inputs(&mut inputs)?;
+    Ok(inputs)
+}
+
 fn check_config(cfg: &AdvConfig) -> Result<()> {
     let bad = |m: String| Err(Error::input(m));
     if cfg.rounds == 0 {
@@ -440,8 +448,9 @@ pub fn run<B: Backend + Clone>(
 ) -> Result<AdvOutput> {
     check_config(cfg)?;
     std::fs::create_dir_all(run).map_err(|e| Error::io(run, e))?;
-    let _lock = crate::attack::results::lock_dir(run)?;
-    let settings = serde_json::to_value(cfg).map_err(|e| Error::Other(e.to_string()))?;
+    let _lock = crate::files::lock_dir(run)?;
+    let mut settings = serde_json::to_value(cfg).map_err(|e| Error::Other(e.to_string()))?;
+    settings["inputs"] = serde_json::to_value(adv_inputs(cfg)?).expect("plain data");
     settings_file(&run.join(SETTINGS_FILE), &settings)?;
     let start_tok = cfg.model.join("tokenizer.json");
     let tok = Tokenizer::from_file(&start_tok)?;
@@ -532,6 +541,8 @@ pub fn run<B: Backend + Clone>(
             overwrite: false,
             stop_after: stop_attack,
             attack_misclassified: true,
+            // The round's checkpoint is this run's own; adv_config.json records the inputs.
+            inputs: Default::default(),
         };
         let (res, subjects) = attack_examples(&plan, &target, &examples, &opts, &mut |p| {
             on(Event::Attack(r, p))

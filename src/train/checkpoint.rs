@@ -117,6 +117,8 @@ pub fn save_hf(
 ) -> Result<()> {
     let tmp = dir.with_extension("tmp");
     write_hf_dir(&tmp, cfg, w, tokenizer_json, labels, extra)?;
+    // On disk before it takes the checkpoint's name; the renames synced after.
+    crate::files::sync_tree(&tmp)?;
     if dir.exists() {
         let old = dir.with_extension("old");
         if old.exists() {
@@ -124,11 +126,12 @@ pub fn save_hf(
         }
         std::fs::rename(dir, &old).map_err(io(dir))?;
         std::fs::rename(&tmp, dir).map_err(io(dir))?;
+        crate::files::sync_parent(dir)?;
         std::fs::remove_dir_all(&old).map_err(io(&old))?;
     } else {
         std::fs::rename(&tmp, dir).map_err(io(dir))?;
     }
-    Ok(())
+    crate::files::sync_parent(dir)
 }
 
 /// Completes a [`save_hf`] that was killed between its two renames (`dir` moved aside to

@@ -157,28 +157,56 @@ struct JobFile {
     train: Option<TrainConfig>,
     #[serde(default)]
     init: Option<String>,
+    /// Fingerprints of the files the run read (the starting checkpoint, data files); absent
+    /// in job files written before they were recorded.
+    #[serde(default)]
+    inputs: Option<crate::files::Inputs>,
 }
 
 impl JobFile {
     /// An error naming the first setting of `opts` that differs from this job's.
-    fn check_same(&self, path: &Path, opts: &JobOptions) -> Result<()> {
+    fn check_same(
+        &self,
+        path: &Path,
+        opts: &JobOptions,
+        inputs: &crate::files::Inputs,
+    ) -> Result<()> {
         let new = JobFile {
             data: opts.data.clone(),
             completed: self.completed,
             train: self.train.as_ref().map(|_| opts.train.clone()),
             init: self.init.as_ref().map(|_| init_label(&opts.init)),
+            inputs: self.inputs.as_ref().map(|_| inputs.clone()),
         };
         match settings_difference(self, &new) {
             None => Ok(()),
             Some(field) => Err(Error::format(
                 path,
                 format!(
-                    "this run was started with other settings (`{field}` differs); use \
-                     another --out, or delete the run to start over"
+                    "this run was started with {}; use another --out, or delete the run to \
+                     start over",
+                    crate::attack::results::describe_difference(&field)
                 ),
             )),
         }
     }
+}
+
+/// The files a job reads, fingerprinted: the starting checkpoint and the data files.
+fn job_inputs(opts: &JobOptions) -> Result<crate::files::Inputs> {
+    use crate::files::{add_file, add_model, add_task};
+    let mut inputs = crate::files::Inputs::new();
+    if let Init::From(dir) = &opts.init {
+        add_model(&mut inputs, "from", dir)?;
+    }
+    add_task(&mut inputs, &opts.data.task)?;
+    if let Some(p) = &opts.data.train_file {
+        add_file(&mut inputs, "train_file", p)?;
+    }
+    if let Some(p) = &opts.data.val_file {
+        add_file(&mut inputs, "val_file", p)?;
+    }
+    Ok(inputs)
 }
 
 /// How the starting weights are recorded in job.json.
@@ -240,13 +268,16 @@ pub fn run_on<B: Backend>(
     if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
     }
+    // One writer per run: the lock file lies beside `out`, which each save replaces.
+    let _lock = crate::files::lock(&crate::files::sibling(out, ".lock"), out)?;
     super::checkpoint::recover_interrupted_save(out)?;
+    let inputs = job_inputs(&opts)?;
     let job_path = out.join("job.json");
     let existing = match std::fs::read_to_string(&job_path) {
         Ok(text) => {
             let job: JobFile =
                 serde_json::from_str(&text).map_err(|e| Error::format(&job_path, e.to_string()))?;
-            job.check_same(&job_path, &opts)?;
+            job.check_same(&job_path, &opts, &inputs)?;
             Some(job)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
@@ -353,6 +384,7 @@ pub fn run_on<B: Backend>(
                 completed,
                 train: Some(trainer.cfg.clone()),
                 init: Some(init_label(&opts.init)),
+                inputs: Some(inputs.clone()),
             })
             .expect("json"),
         )];
