@@ -179,7 +179,7 @@ pub fn add_task(inputs: &mut Inputs, task: &str) -> Result<()> {
     if let Some(p) = task.strip_prefix("jsonl:") {
         let p = Path::new(p);
         add_file(inputs, "task", p)?;
-        add_file(inputs, "task.sidecar", &p.with_extension("task.json"))?;
+        add_file(inputs, "task.sidecar", &crate::task::defs::sidecar_path(p))?;
     }
     Ok(())
 }

@@ -21,6 +21,9 @@ use armsrace::train::{LabeledIds, TrainConfig, Trainer};
 use armsrace::{Cpu, Model};
 use std::path::{Path, PathBuf};
 
+#[path = "common/kill.rs"]
+mod kill;
+
 const BUNDLED: &str = "models/pythia-password-match";
 
 fn bundled() -> PathBuf {
@@ -503,22 +506,7 @@ fn sigkill_at_any_instant_resumes_to_identical_results() {
     // (so early and late, inside attacks, training steps and file writes alike), each
     // restart resuming the last, until one gets to finish.
     let killed = dir.path().join("killed");
-    let mut interrupted = 0;
-    for k in 1..=24u32 {
-        let mut child = small_cli(&killed).spawn().unwrap();
-        std::thread::sleep(full * k / 8);
-        match child.try_wait().unwrap() {
-            Some(status) => {
-                assert!(status.success());
-                break;
-            }
-            None => {
-                interrupted += 1;
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
-    }
+    let interrupted = kill::kill_until_done(&|| small_cli(&killed), full, 8);
     println!("{interrupted} processes killed mid-run");
     assert!(
         interrupted >= 2,

@@ -63,10 +63,10 @@ pub struct AttackOpts {
     /// GCG candidates per iteration (nanoGCG: search_width).
     #[arg(long, default_value_t = 128)]
     search_width: usize,
-    /// GCG tokens per position from the one-hot gradient.
+    /// GCG tokens per position from the one-hot gradient (1..=256).
     #[arg(long, default_value_t = 256)]
     topk: usize,
-    /// GCG tokens swapped per candidate.
+    /// GCG tokens swapped per candidate (1..=--attack-tokens).
     #[arg(long, default_value_t = 1)]
     n_replace: usize,
     /// GCG attack buffer (0: keep the arg-min candidate, as the study).
@@ -169,12 +169,20 @@ impl AttackOpts {
             ("--branching", self.branching),
         ] {
             if v == 0 {
-                anyhow::bail!("{name} must be at least 1");
+                anyhow::bail!("{name} 0: must be at least 1");
             }
+        }
+        let max_topk = armsrace::backend::cpu::gcg::TOPK_MAX;
+        if self.topk > max_topk {
+            anyhow::bail!(
+                "--topk {}: at most {max_topk} (the one-hot-gradient top-k kernels' limit)",
+                self.topk
+            );
         }
         if self.n_replace == 0 || self.n_replace > self.attack_tokens {
             anyhow::bail!(
-                "--n-replace must be in 1..={} (--attack-tokens)",
+                "--n-replace {}: must be in 1..={} (--attack-tokens)",
+                self.n_replace,
                 self.attack_tokens
             );
         }

@@ -17,7 +17,7 @@ use clap::{Parser, Subcommand};
     about = "Adversarial attacks on language models, measured in FLOPs"
 )]
 struct Cli {
-    /// Worker threads for the CPU backend (default: all cores).
+    /// Worker threads for the CPU backend (default: all cores; at most 4 per core, or 64).
     #[arg(long, global = true)]
     threads: Option<usize>,
     /// Load checkpoints whose weights hold NaN or infinite values (refused by default,
@@ -35,11 +35,14 @@ enum Command {
     /// Classify texts from a JSONL file with a classifier checkpoint.
     Classify(classify::Args),
     /// Fine-tune a classifier (or train one from scratch) on a task.
+    #[command(after_long_help = TASK_HELP)]
     Train(train::Args),
-    /// Attack a classifier (GCG or random tokens); resumable results and a summary.
+    /// Attack a classifier (GCG, random tokens or BEAST); resumable results and a summary.
+    #[command(after_long_help = TASK_HELP)]
     Attack(attack::Args),
     /// Adversarial training as the study ran it: attack, pool, train, per round, with
     /// defense compute counted and a checkpoint per round.
+    #[command(after_long_help = TASK_HELP)]
     AdvTrain(adv_train::Args),
     /// Evaluate an adv-train run: a fixed attack against chosen rounds' checkpoints.
     Eval(adv_train::EvalArgs),
@@ -47,8 +50,35 @@ enum Command {
     Bench(bench::Args),
 }
 
+/// `--help`'s note on tasks of one's own (`--task jsonl:PATH`).
+const TASK_HELP: &str = "\
+Tasks of your own: --task jsonl:PATH reads examples from PATH, one JSON object per line:
+  {\"text\": \"I loved this film\", \"label\": 1}
+(label: 0-based class index). Beside it, an optional sidecar PATH with extension .task.json
+(data/reviews.jsonl -> data/reviews.task.json) sets the prompt; each field is optional:
+  {\"instructions\": \"Is this review positive?\\n\",
+   \"label_names\": [\" NEGATIVE\", \" POSITIVE\"],
+   \"answer_prompt\": \"\\nAnswer:\"}
+The prompt is instructions + text + answer_prompt (the attack goes in the text by the
+threat model); label_names (two or more, each with its leading space) are also a causal
+LM's targets. Without a sidecar: no instructions, labels \" NEGATIVE\"/\" POSITIVE\" and the
+study's answer prompt. A jsonl task takes no --data (the path is in the task name).";
+
+/// At most this many CPU threads per core (an absurd `--threads` would spawn them all).
+const THREADS_PER_CORE: usize = 4;
+
 pub fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Some(n) = cli.threads {
+        let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+        let max = (THREADS_PER_CORE * cores).max(64);
+        if n == 0 || n > max {
+            anyhow::bail!(
+                "--threads {n}: must be in 1..={max} ({THREADS_PER_CORE} per core of the {cores} \
+                 this machine has, at least 64)"
+            );
+        }
+    }
     armsrace::model::weights::set_allow_nonfinite(cli.allow_nonfinite);
     if let Some(n) = cli.threads {
         rayon::ThreadPoolBuilder::new()
