@@ -1322,3 +1322,73 @@ fn a_pad_id_past_the_vocabulary_names_the_config_field_and_a_bom_is_not_json() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn nonfinite_weights_are_refused_naming_the_tensor_unless_allowed() {
+    let dir = copy_fixture("neox-parallel-cls");
+    let st = dir.path().join("model.safetensors");
+    let mut damaged = String::new();
+    rewrite_tensors(&st, |ts| {
+        let t = ts
+            .iter_mut()
+            .find(|t| t.dtype == "F32")
+            .expect("an f32 tensor");
+        t.bytes[12..16].copy_from_slice(&f32::NAN.to_le_bytes());
+        t.bytes[20..24].copy_from_slice(&f32::INFINITY.to_le_bytes());
+        damaged = t.name.clone();
+    });
+    let e = load_err("NaN weights", dir.path());
+    assert_mentions(
+        "NaN weights",
+        &e,
+        &[&damaged, "element 3", "NaN", "2 of", "--allow-nonfinite"],
+    );
+    // The CLI refuses it too, and loads it with --allow-nonfinite.
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, "{\"text\": \"hello\"}\n").unwrap();
+    let (m, i) = (dir.path().to_str().unwrap(), input.to_str().unwrap());
+    let out = armsrace_cli(&["classify", "--model", m, "--input", i]);
+    assert!(!out.status.success());
+    assert_mentions(
+        "cli",
+        &String::from_utf8_lossy(&out.stderr),
+        &[&damaged, "NaN"],
+    );
+    let out = armsrace_cli(&["--allow-nonfinite", "classify", "--model", m, "--input", i]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn absurd_flags_are_refused_quoting_flag_and_value() {
+    for (args, needles) in [
+        (
+            &["--threads", "100000", "attack"][..],
+            &["--threads 100000", "1..="][..],
+        ),
+        (&["--threads", "0", "attack"], &["--threads 0"]),
+        (
+            &["attack", "--topk", "300000"],
+            &["--topk 300000", "at most 256"],
+        ),
+        (
+            &["attack", "--n-replace", "50"],
+            &["--n-replace 50", "1..=10"],
+        ),
+        (&["attack", "--search-width", "0"], &["--search-width 0"]),
+    ] {
+        let t = std::time::Instant::now();
+        let out = armsrace_cli(args);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_mentions(&format!("{args:?}"), &err, needles);
+        assert!(
+            t.elapsed().as_secs() < 10,
+            "{args:?} took {:?}",
+            t.elapsed()
+        );
+    }
+}
