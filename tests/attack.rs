@@ -117,6 +117,21 @@ fn check_fast_scorer(name: &str, spec: GoalSpec, threat: &str) {
             };
             let got = score(&v, s, cands, Some(&cur), LossKind::CrossEntropy).unwrap();
             let what = format!("{name} {threat} example {} {:?}", s.index, v.fast);
+            assert_eq!(
+                want.len(),
+                cands.len(),
+                "{what}: one oracle loss per candidate"
+            );
+            assert_eq!(
+                got.losses.len(),
+                cands.len(),
+                "{what}: one loss per candidate"
+            );
+            assert_eq!(
+                got.success.len(),
+                cands.len(),
+                "{what}: one flag per candidate"
+            );
             for (i, (g, w)) in got.losses.iter().zip(want.iter()).enumerate() {
                 assert!(
                     (g - w).abs() <= 1e-4 * w.abs() + 1e-6,
@@ -159,7 +174,17 @@ fn check_fast_scorer(name: &str, spec: GoalSpec, threat: &str) {
         })
         .collect();
     let got = score_many(&v, &jobs, LossKind::CrossEntropy).unwrap();
-    for (k, (g, (_, want))) in got.iter().zip(&cases).enumerate() {
+    assert_eq!(
+        got.len(),
+        cases.len(),
+        "{name} {threat} packed: one result per job"
+    );
+    for (k, (g, (cands, want))) in got.iter().zip(&cases).enumerate() {
+        assert_eq!(
+            g.losses.len(),
+            cands.len(),
+            "{name} {threat} packed: example {k}: one loss per candidate"
+        );
         for (i, (a, w)) in g.losses.iter().zip(want).enumerate() {
             assert!(
                 (a - w).abs() <= 1e-4 * w.abs() + 1e-6,
@@ -198,6 +223,11 @@ fn extended_prefix_equals_a_cache_of_the_whole_prefix() {
         let ext = model.extend_prefix(Some(&head), &ids[17..]).unwrap();
         assert_eq!(ext.len, 30);
         assert_eq!(ext.ids, ids);
+        assert_eq!(
+            ext.layers.len(),
+            whole.layers.len(),
+            "{name}: cached layers"
+        );
         for (a, b) in ext.layers.iter().zip(&whole.layers) {
             assert_close(&format!("{name} extended cache"), a, b, 1e-5);
         }

@@ -6,7 +6,9 @@
 //!
 //! Tolerances (relative to max |CPU value|): f32 storage 1e-4 everywhere; bf16 storage
 //! 6e-2 on logits (weights and every activation rounded to 8 bits of mantissa through two
-//! layers); bf16 gradients are not compared (they are for training in bf16, not for checks).
+//! layers), 2e-2 on the loss and 6e-2 on the one-hot gradient (measured and justified at
+//! `BF16_LOSS_TOL`); bf16 weight gradients are not compared here (tests/train_backends.rs
+//! checks bf16 training steps as a whole).
 
 mod common;
 
@@ -69,9 +71,7 @@ fn compare_fixture<D: KernelDevice>(name: &str, dev: D, precision: Precision) {
         6e-2
     };
     assert_close(&what("logits"), &lg, &lc, tol);
-    if precision != Precision::F32 {
-        return;
-    }
+    let f32 = precision == Precision::F32;
 
     let objective = if lm {
         Objective::Target {
@@ -84,29 +84,50 @@ fn compare_fixture<D: KernelDevice>(name: &str, dev: D, precision: Precision) {
     };
     let req = GradRequest {
         onehot_rows: Some((0..batch.rows()).collect()),
-        weights: true,
+        weights: f32,
     };
     let g = gpu.loss_and_grads(&batch, &objective, &req).unwrap();
     be.check().unwrap();
     let c = cpu.loss_and_grads(&batch, &objective, &req).unwrap();
+    let (loss_tol, grad_tol) = if f32 {
+        (1e-4, 1e-4)
+    } else {
+        (BF16_LOSS_TOL, BF16_GRAD_TOL)
+    };
     assert_close(
         &what("loss_per_seq"),
         &g.loss_per_seq,
         &c.loss_per_seq,
-        1e-4,
+        loss_tol,
     );
     assert_close(
         &what("onehot_grad"),
         g.onehot_grad.as_ref().unwrap(),
         c.onehot_grad.as_ref().unwrap(),
-        1e-4,
+        grad_tol,
     );
+    if !f32 {
+        return;
+    }
     let (gw, cw) = (g.weight_grads.unwrap(), c.weight_grads.unwrap());
     for spec in param_specs(&gpu.cfg) {
         let (a, b) = (gw.slot(spec.slot).unwrap(), cw.slot(spec.slot).unwrap());
         assert_close(&what(&format!("grad {:?}", spec.slot)), a, b, 1e-4);
     }
 }
+
+/// bf16 storage against the f32 CPU backend, relative to max |CPU value| (see the module
+/// documentation). bf16 keeps 8 significant bits (each rounding up to 2^-9 = 2e-3 relative)
+/// and every weight and activation is rounded. The loss is a log-sum-exp of the logits
+/// (within 6e-2 of max |logit|), which averages their errors out: measured on the harness,
+/// at most 7.4e-3 of the largest loss (neox-parallel-cls); allowed 2e-2. The one-hot gradient
+/// runs back through every layer (roughly twice the roundings of the forward, and the
+/// gradients of the softmax rows are differences of rounded values): measured at most 2.9e-2
+/// (qwen2-gqa-tied-lm); allowed 6e-2, as for the logits. A wrong gradient (a dropped term,
+/// the wrong row, a sign) is off by the order of the gradient itself. The GPU leg runs the
+/// same kernels (f32 accumulation everywhere) and is held to the same bounds.
+const BF16_LOSS_TOL: f32 = 2e-2;
+const BF16_GRAD_TOL: f32 = 6e-2;
 
 const FIXTURES: &[&str] = &[
     "neox-parallel-cls",

@@ -6,12 +6,22 @@
 //! the backend works again afterwards. The victim remembers the size that fitted: a second
 //! step under the same cap is refused fewer times, with the same results. (512 candidates, so
 //! that scoring, not the gradient pass, is what overflows first.)
+//!
+//! With feature `cuda` and a GPU the same test runs on the device, its memory capped by a
+//! counting wrapper (`Capped`, below) that refuses allocations as a full GPU does, so the
+//! real device's allocator, kernels, sticky errors and synchronizes go through every split
+//! and failure; no GPU: a visible SKIPPED line. The device leg launches the engine's own GEMM
+//! kernel (kernels/gemm.cu) rather than cuBLASLt: cuBLASLt may pick another algorithm for a
+//! split call's fewer rows and change the last bits (src/attack/scoring.rs), the engine's
+//! kernels compute each row the same whatever the batch, so bit-identical results stay the
+//! requirement there too.
 
 mod common;
 
 use armsrace::attack::subject::{build_subjects, AttackState};
 use armsrace::attack::FastPaths;
 use armsrace::attack::{Attack, Gcg, GcgConfig, GoalSpec, StepReport, Subject, Victim, Vocab};
+use armsrace::backend::gpu::device::KernelDevice;
 use armsrace::backend::gpu::emu::EmuDevice;
 use armsrace::backend::gpu::{GpuBackend, Precision};
 use armsrace::error::Result;
@@ -20,20 +30,154 @@ use armsrace::tokenize::Tokenizer;
 use armsrace::Model;
 use common::fixture;
 
-type Be = GpuBackend<EmuDevice>;
+/// A device whose memory can be capped and measured (the harness does it itself; a GPU
+/// through [`Capped`]).
+trait MemCap: KernelDevice + Sized {
+    fn set_mem_cap(&self, bytes: Option<usize>);
+    fn mem_used(&self) -> usize;
+    fn mem_peak(&self) -> usize;
+    fn reset_mem_peak(&self);
+    fn oom_count(&self) -> usize;
+}
 
-struct Setup {
-    be: Be,
-    model: Model<Be>,
+impl MemCap for EmuDevice {
+    fn set_mem_cap(&self, bytes: Option<usize>) {
+        EmuDevice::set_mem_cap(self, bytes)
+    }
+    fn mem_used(&self) -> usize {
+        EmuDevice::mem_used(self)
+    }
+    fn mem_peak(&self) -> usize {
+        EmuDevice::mem_peak(self)
+    }
+    fn reset_mem_peak(&self) {
+        EmuDevice::reset_mem_peak(self)
+    }
+    fn oom_count(&self) -> usize {
+        EmuDevice::oom_count(self)
+    }
+}
+
+#[cfg(feature = "cuda")]
+mod capped {
+    use super::MemCap;
+    use armsrace::backend::gpu::device::{DevicePtr, GemmDesc, KernelDevice, LaunchConfig};
+    use armsrace::error::{Error, Result};
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+
+    /// A real device with a memory cap: allocations past `cap` bytes live fail with
+    /// `Error::OutOfMemory`, as the driver's do on a full GPU; everything else goes to the
+    /// device, except library GEMMs (see the module documentation).
+    pub struct Capped<D: KernelDevice> {
+        dev: D,
+        cap: AtomicUsize,
+        used: AtomicUsize,
+        peak: AtomicUsize,
+        ooms: AtomicUsize,
+    }
+
+    impl<D: KernelDevice> Capped<D> {
+        pub fn new(dev: D) -> Self {
+            Capped {
+                dev,
+                cap: AtomicUsize::new(usize::MAX),
+                used: AtomicUsize::new(0),
+                peak: AtomicUsize::new(0),
+                ooms: AtomicUsize::new(0),
+            }
+        }
+    }
+
+    impl<D: KernelDevice> KernelDevice for Capped<D> {
+        fn name(&self) -> String {
+            format!("{} (memory-capped for the test)", self.dev.name())
+        }
+        fn alloc(&self, bytes: usize) -> Result<DevicePtr> {
+            let cap = self.cap.load(SeqCst);
+            let reserved = self.used.fetch_update(SeqCst, SeqCst, |u| {
+                u.checked_add(bytes).filter(|&t| t <= cap)
+            });
+            let used = match reserved {
+                Ok(used) => used,
+                Err(used) => {
+                    self.ooms.fetch_add(1, SeqCst);
+                    return Err(Error::out_of_memory(
+                        self.name(),
+                        bytes,
+                        format!(
+                            ", {} bytes free of a {cap}-byte cap",
+                            cap.saturating_sub(used)
+                        ),
+                    ));
+                }
+            };
+            match self.dev.alloc(bytes) {
+                Ok(p) => {
+                    self.peak.fetch_max(used + bytes, SeqCst);
+                    Ok(p)
+                }
+                Err(e) => {
+                    self.used.fetch_sub(bytes, SeqCst);
+                    Err(e)
+                }
+            }
+        }
+        fn free(&self, ptr: &DevicePtr) {
+            self.dev.free(ptr);
+            self.used.fetch_sub(ptr.bytes, SeqCst);
+        }
+        fn upload(&self, dst: &DevicePtr, offset: usize, src: &[u8]) -> Result<()> {
+            self.dev.upload(dst, offset, src)
+        }
+        fn download(&self, src: &DevicePtr, offset: usize, dst: &mut [u8]) -> Result<()> {
+            self.dev.download(src, offset, dst)
+        }
+        fn memset_zero(&self, dst: &DevicePtr) -> Result<()> {
+            self.dev.memset_zero(dst)
+        }
+        fn launch(&self, kernel: &str, cfg: LaunchConfig, args: &[u8]) -> Result<()> {
+            self.dev.launch(kernel, cfg, args)
+        }
+        fn synchronize(&self) -> Result<()> {
+            self.dev.synchronize()
+        }
+        fn gemm(&self, _desc: &GemmDesc) -> Option<Result<()>> {
+            None // the engine's kernels/gemm.cu: row results independent of the row count
+        }
+        fn is_hardware(&self) -> bool {
+            self.dev.is_hardware()
+        }
+    }
+
+    impl<D: KernelDevice> MemCap for Capped<D> {
+        fn set_mem_cap(&self, bytes: Option<usize>) {
+            self.cap.store(bytes.unwrap_or(usize::MAX), SeqCst);
+        }
+        fn mem_used(&self) -> usize {
+            self.used.load(SeqCst)
+        }
+        fn mem_peak(&self) -> usize {
+            self.peak.load(SeqCst)
+        }
+        fn reset_mem_peak(&self) {
+            self.peak.store(self.mem_used(), SeqCst);
+        }
+        fn oom_count(&self) -> usize {
+            self.ooms.load(SeqCst)
+        }
+    }
+}
+
+struct Setup<D: MemCap> {
+    be: GpuBackend<D>,
+    model: Model<GpuBackend<D>>,
     tok: Tokenizer,
     vocab: Vocab,
 }
 
-fn setup() -> Setup {
+fn setup<D: MemCap>(dev: D) -> Setup<D> {
     let dir = fixture("neox-parallel-cls");
-    // One worker: blocks run in a fixed order, so even float atomics are reproducible and
-    // any difference below comes from the split alone.
-    let be = GpuBackend::new(EmuDevice::new().with_workers(1), Precision::F32);
+    let be = GpuBackend::new(dev, Precision::F32);
     let model = Model::load(&dir, be.clone()).unwrap();
     let tok = Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
     let vocab = Vocab::from_tokenizer(&tok, model.cfg.vocab, false).unwrap();
@@ -45,7 +189,7 @@ fn setup() -> Setup {
     }
 }
 
-fn subjects(s: &Setup) -> Vec<Subject<Be>> {
+fn subjects<D: MemCap>(s: &Setup<D>) -> Vec<Subject<GpuBackend<D>>> {
     let task = Task::from_name("password-match").unwrap();
     let examples = task.generate(2, 3).unwrap();
     let init = attack_init(&s.tok, 6).unwrap();
@@ -63,11 +207,14 @@ fn subjects(s: &Setup) -> Vec<Subject<Be>> {
 
 /// One GCG iteration on `subs` (fresh ones, prompt caches built): the reports and the attack
 /// states it leaves.
-fn gcg_step(s: &Setup, subs: Vec<Subject<Be>>) -> Result<(Vec<StepReport>, Vec<AttackState>)> {
+fn gcg_step<D: MemCap>(
+    s: &Setup<D>,
+    subs: Vec<Subject<GpuBackend<D>>>,
+) -> Result<(Vec<StepReport>, Vec<AttackState>)> {
     gcg_step_on(&victim(s), subs)
 }
 
-fn victim(s: &Setup) -> Victim<'_, Be> {
+fn victim<D: MemCap>(s: &Setup<D>) -> Victim<'_, GpuBackend<D>> {
     Victim {
         model: &s.model,
         tok: Some(&s.tok),
@@ -78,9 +225,9 @@ fn victim(s: &Setup) -> Victim<'_, Be> {
 }
 
 /// The same step on a given victim (which remembers a scoring size that fitted).
-fn gcg_step_on(
-    v: &Victim<'_, Be>,
-    mut subs: Vec<Subject<Be>>,
+fn gcg_step_on<D: MemCap>(
+    v: &Victim<'_, GpuBackend<D>>,
+    mut subs: Vec<Subject<GpuBackend<D>>>,
 ) -> Result<(Vec<StepReport>, Vec<AttackState>)> {
     let gcg = Gcg::new(GcgConfig {
         search_width: 512,
@@ -88,7 +235,7 @@ fn gcg_step_on(
         filter: false,
         ..GcgConfig::default()
     });
-    let mut refs: Vec<&mut Subject<Be>> = subs.iter_mut().collect();
+    let mut refs: Vec<&mut Subject<GpuBackend<D>>> = subs.iter_mut().collect();
     let reports = gcg.step(v, &mut refs, 1)?;
     Ok((reports, subs.into_iter().map(|x| x.state).collect()))
 }
@@ -113,8 +260,24 @@ fn assert_same(
 
 #[test]
 fn oom_in_scoring_halves_the_batch_with_the_same_results() {
-    let s = setup();
+    // One worker: blocks run in a fixed order, so even float atomics are reproducible and
+    // any difference below comes from the split alone.
+    oom_halves(EmuDevice::new().with_workers(1));
+    #[cfg(feature = "cuda")]
+    match armsrace::backend::gpu::cuda::CudaDevice::new(0) {
+        Ok(dev) => oom_halves(capped::Capped::new(dev)),
+        Err(e) => println!(
+            "SKIPPED: no CUDA device ({e}): out-of-memory splits checked on the CPU harness only"
+        ),
+    }
+    #[cfg(not(feature = "cuda"))]
+    println!("SKIPPED: no CUDA device (built without feature `cuda`): out-of-memory splits checked on the CPU harness only");
+}
+
+fn oom_halves<D: MemCap>(dev: D) {
+    let s = setup(dev);
     let dev = s.be.device();
+    println!("device: {}", dev.name());
     let subs = subjects(&s);
     s.be.trim();
     let base = dev.mem_used();

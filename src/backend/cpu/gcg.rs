@@ -393,6 +393,8 @@ mod tests {
         super::super::gemm::linear(&mut logits, &h, &w, rows, hidden, vocab, false);
         let mut d = vec![0.0; rows * vocab];
         let want = super::super::loss::cross_entropy(&mut d, &logits, &targets, &scale, vocab);
+        assert_eq!(losses.len(), rows);
+        assert_eq!(want.len(), rows);
         for (a, b) in losses.iter().zip(&want) {
             assert!((a - b).abs() < 1e-4, "{a} vs {b}");
         }

@@ -175,7 +175,7 @@ impl<D: KernelDevice> GpuBackend<D> {
     /// pass and treat an `Err` as "the pass did not happen".
     pub fn check(&self) -> Result<()> {
         if let Err(e) = self.inner.dev.synchronize() {
-            self.inner.fail(e);
+            self.inner.fail(self.inner.call_error("synchronize", e));
         }
         match self.inner.take_error() {
             Some(e) => Err(e),
@@ -222,7 +222,7 @@ impl<D: KernelDevice> GpuBackend<D> {
         let b = self.alloc(len, dtype);
         if let Some(m) = &b.mem {
             if let Err(e) = self.inner.dev.memset_zero(m) {
-                self.inner.fail(e);
+                self.inner.fail(self.inner.call_error("memset", e));
             }
         }
         b
@@ -233,7 +233,7 @@ impl<D: KernelDevice> GpuBackend<D> {
         if let Some(m) = &b.mem {
             if !bytes.is_empty() {
                 if let Err(e) = self.inner.dev.upload(m, 0, bytes) {
-                    self.inner.fail(e);
+                    self.inner.fail(self.inner.call_error("an upload", e));
                 }
             }
         }
@@ -257,7 +257,7 @@ impl<D: KernelDevice> GpuBackend<D> {
         match self.inner.dev.download(m, 0, &mut bytes) {
             Ok(()) => Some(bytes),
             Err(e) => {
-                self.inner.fail(e);
+                self.inner.fail(self.inner.call_error("a download", e));
                 None
             }
         }
@@ -302,8 +302,15 @@ impl<D: KernelDevice> GpuBackend<D> {
             block: [block, 1, 1],
             shared_bytes: smem,
         };
+        let what = || {
+            format!(
+                "kernel `{name}` (grid {:?}, block {block}, {smem} bytes of shared memory)",
+                grid
+            )
+        };
+        self.inner.issued(format_args!("kernel `{name}`"));
         if let Err(e) = self.inner.dev.launch(name, cfg, args.as_bytes()) {
-            self.inner.fail(e);
+            self.inner.fail(self.inner.launch_error(&what(), e));
         }
     }
 
@@ -355,9 +362,19 @@ impl<D: KernelDevice> GpuBackend<D> {
         if d.m == 0 || d.n == 0 {
             return;
         }
+        macro_rules! lib {
+            () => {
+                format_args!(
+                    "the device library's GEMM ({:?} {}x{}x{})",
+                    d.dtype, d.m, d.n, d.k
+                )
+            };
+        }
         if let Some(r) = self.inner.dev.gemm(&d) {
+            self.inner.issued(lib!());
             if let Err(e) = r {
-                self.inner.fail(e);
+                self.inner
+                    .fail(self.inner.launch_error(&lib!().to_string(), e));
             }
             return;
         }
@@ -990,7 +1007,7 @@ impl<D: KernelDevice> Backend for GpuBackend<D> {
         }
         if let Some(m) = &buf.mem {
             if let Err(e) = self.inner.dev.memset_zero(m) {
-                self.inner.fail(e);
+                self.inner.fail(self.inner.call_error("memset", e));
             }
         }
     }

@@ -9,6 +9,11 @@
 //! Errors are sticky, as in CUDA: the Backend trait's ops cannot return a Result, so the
 //! first failure (out of memory, a failed launch) is recorded, later ops are skipped, and
 //! `GpuBackend::check` hands it to the caller as an `Err`.
+//!
+//! Device faults name the device and the kernel or call: a failed launch names its kernel
+//! and geometry; an error that surfaces later (CUDA reports a kernel's fault asynchronously,
+//! at the next synchronize or copy) names the call it surfaced in and the last kernel
+//! launched before it, which is the culprit or ran after it.
 
 use super::device::{DType, DevicePtr, KernelDevice};
 use crate::error::Error;
@@ -22,6 +27,9 @@ pub(crate) struct Inner<D: KernelDevice> {
     pub(crate) dev: D,
     free: Mutex<HashMap<usize, Vec<DevicePtr>>>,
     error: Mutex<Option<Error>>,
+    /// The last kernel (or library call) issued to the device, for errors that surface
+    /// after it; empty before the first.
+    last_launch: Mutex<String>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -35,6 +43,7 @@ impl<D: KernelDevice> Inner<D> {
             dev,
             free: Mutex::new(HashMap::new()),
             error: Mutex::new(None),
+            last_launch: Mutex::new(String::new()),
         }
     }
 
@@ -44,6 +53,50 @@ impl<D: KernelDevice> Inner<D> {
         if slot.is_none() {
             *slot = Some(e);
         }
+    }
+
+    /// Records the last work issued to the device ("kernel `NAME`", or a library call), for
+    /// errors that surface after it.
+    pub(crate) fn issued(&self, what: std::fmt::Arguments<'_>) {
+        use std::fmt::Write;
+        let mut last = lock(&self.last_launch);
+        // Reuses the string's buffer: no allocation per launch once it is long enough.
+        last.clear();
+        let _ = last.write_fmt(what);
+    }
+
+    /// What [`Inner::issued`] recorded last (empty before the first launch).
+    pub(crate) fn last_issued(&self) -> String {
+        lock(&self.last_launch).clone()
+    }
+
+    /// A launch of `what` the device refused or that failed (the harness runs launches
+    /// synchronously, so its faults land here): names the device and the kernel.
+    pub(crate) fn launch_error(&self, what: &str, e: Error) -> Error {
+        if e.is_out_of_memory() {
+            return e; // keeps its kind (callers retry in smaller pieces); it names the device
+        }
+        Error::Other(format!("{}: {what} failed: {e}", self.dev.name()))
+    }
+
+    /// An error from `call` (a synchronize, a copy) that was not a launch: names the device
+    /// and, since faults of asynchronous kernels surface at the next such call, the last
+    /// kernel launched before it.
+    pub(crate) fn call_error(&self, call: &str, e: Error) -> Error {
+        if e.is_out_of_memory() {
+            return e;
+        }
+        let last = self.last_issued();
+        let after = if last.is_empty() {
+            " (no kernel had been launched on this device)".to_string()
+        } else {
+            format!(
+                "; the last launched before it was {last} (a kernel's fault surfaces \
+                 late, at the next synchronize or copy: it came from that kernel or an earlier \
+                 one; rerun with CUDA_LAUNCH_BLOCKING=1 to have the launch that faulted report it)"
+            )
+        };
+        Error::Other(format!("{}: {call} failed: {e}{after}", self.dev.name()))
     }
 
     pub(crate) fn failed(&self) -> bool {

@@ -58,7 +58,10 @@ impl CudaDevice {
         }
         let ctx = CudaContext::new(ordinal).map_err(|e| drv_err("context", e))?;
         let stream = ctx.new_stream().map_err(|e| drv_err("stream", e))?;
-        let name = ctx.name().unwrap_or_else(|_| "CUDA device".into());
+        let name = format!(
+            "{} (CUDA device {ordinal})",
+            ctx.name().unwrap_or_else(|_| "unnamed GPU".into())
+        );
         let mut modules = Vec::new();
         for (stem, image) in embedded::MODULES {
             // cuModuleLoadData reads the fatbin header in place: give it an 8-byte aligned copy
@@ -269,7 +272,7 @@ impl KernelDevice for CudaDevice {
                 &mut params,
             )
         }
-        .map_err(|e| drv_err(&format!("launching {kernel} {cfg:?}"), e))
+        .map_err(|e| drv_err(&format!("launch of `{kernel}`"), e))
     }
 
     fn synchronize(&self) -> Result<()> {
