@@ -13,6 +13,7 @@ pub mod flops;
 pub mod interrupt;
 pub mod model;
 pub mod presets;
+pub mod report;
 pub mod task;
 pub mod tokenize;
 pub mod train;

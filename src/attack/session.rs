@@ -401,6 +401,9 @@ pub fn attack_examples<B: Backend + Clone>(
         model: t.label.clone(),
         threat: threat.to_string(),
         n_params,
+        family: model.cfg.arch.name().into(),
+        n_gen: crate::attack::budget::generative_params(&model.cfg),
+        seed: plan.attack.seed(),
         pretraining_flops: pretraining_flops(&model.cfg, plan.pretrain_tokens),
     };
     let opts = RunOptions {

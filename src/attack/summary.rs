@@ -38,6 +38,16 @@ pub struct RunInfo {
     pub model: String,
     pub threat: String,
     pub n_params: usize,
+    /// The architecture: "gpt_neox" (Pythia) or "qwen2" (Qwen2.5).
+    #[serde(default)]
+    pub family: String,
+    /// N_gen: the causal LM's parameter count (its LM head in; see
+    /// `budget::generative_params`).
+    #[serde(default)]
+    pub n_gen: usize,
+    /// The attack's seed.
+    #[serde(default)]
+    pub seed: u64,
     /// 6·N_gen·D (see `budget::pretraining_flops`); null when the checkpoint's pretraining
     /// is unknown (not a preset's shape and no `--pretrain-tokens`).
     pub pretraining_flops: Option<f64>,

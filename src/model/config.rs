@@ -10,6 +10,16 @@ pub enum Arch {
     Qwen2,
 }
 
+impl Arch {
+    /// The architecture's `model_type` in config.json.
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::GptNeoX => "gpt_neox",
+            Arch::Qwen2 => "qwen2",
+        }
+    }
+}
+
 /// What sits on top of the final norm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HeadKind {
