@@ -85,10 +85,15 @@ fn usize_field(v: &Value, field: &str) -> Result<usize> {
         .ok_or_else(|| Error::config(field, format!("expected a positive integer, found {x}")))
 }
 
-fn f64_field(v: &Value, field: &str) -> Result<f64> {
-    let x = get(v, field)?;
-    x.as_f64()
-        .ok_or_else(|| Error::config(field, format!("expected a number, found {x}")))
+/// An optional number: absent or null is None, anything but a number an error.
+fn opt_f64(v: &Value, field: &str) -> Result<Option<f64>> {
+    match v.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(x) => x
+            .as_f64()
+            .map(Some)
+            .ok_or_else(|| Error::config(field, format!("expected a number, found {x}"))),
+    }
 }
 
 fn opt_bool(v: &Value, field: &str, default: bool) -> Result<bool> {
@@ -154,14 +159,25 @@ impl ModelConfig {
         let layers = usize_field(v, "num_hidden_layers")?;
         let intermediate = usize_field(v, "intermediate_size")?;
         let vocab = usize_field(v, "vocab_size")?;
-        let max_positions = usize_field(v, "max_position_embeddings").unwrap_or(usize::MAX);
+        // Absent: no limit. Present, it must be usable (0, -1 or "2048" is not "no limit").
+        let max_positions = match v.get("max_position_embeddings") {
+            None | Some(Value::Null) => usize::MAX,
+            Some(_) => usize_field(v, "max_position_embeddings")?,
+        };
         let pad_token_id = match v.get("pad_token_id") {
             None | Some(Value::Null) => None,
-            Some(x) => Some(
-                x.as_u64()
-                    .ok_or_else(|| Error::config("pad_token_id", format!("not an integer: {x}")))?
-                    as u32,
-            ),
+            Some(x) => {
+                let id = x
+                    .as_u64()
+                    .ok_or_else(|| Error::config("pad_token_id", format!("not an integer: {x}")))?;
+                // Not `as u32`: 2^32 + 1 would silently become token 1.
+                Some(u32::try_from(id).map_err(|_| {
+                    Error::config(
+                        "pad_token_id",
+                        format!("{id} is outside the vocabulary (vocab_size {vocab})"),
+                    )
+                })?)
+            }
         };
         let stored_dtype = v
             .get("torch_dtype")
@@ -174,11 +190,11 @@ impl ModelConfig {
         let cfg = match arch {
             Arch::GptNeoX => {
                 let rotary_pct =
-                    rope_f64(v, &["partial_rotary_factor", "rotary_pct"]).unwrap_or(1.0);
+                    rope_f64(v, &["partial_rotary_factor", "rotary_pct"])?.unwrap_or(1.0);
                 if !(0.0..=1.0).contains(&rotary_pct) {
                     return Err(Error::config("rotary_pct", "must lie in [0, 1]"));
                 }
-                let rope_base = rope_f64(v, &["rope_theta", "rotary_emb_base"]).unwrap_or(10000.0);
+                let rope_base = rope_f64(v, &["rope_theta", "rotary_emb_base"])?.unwrap_or(10000.0);
                 let act = match act_name.unwrap_or("gelu") {
                     "gelu" => Activation::Gelu,
                     "gelu_new" | "gelu_fast" | "gelu_pytorch_tanh" => Activation::GeluTanh,
@@ -203,10 +219,7 @@ impl ModelConfig {
                     // transformers: int(head_size * rotary_pct)
                     rotary_dims: (head_dim as f64 * rotary_pct) as usize,
                     rope_base: rope_base as f32,
-                    norm_eps: v
-                        .get("layer_norm_eps")
-                        .and_then(Value::as_f64)
-                        .unwrap_or(1e-5) as f32,
+                    norm_eps: opt_f64(v, "layer_norm_eps")?.unwrap_or(1e-5) as f32,
                     norm: NormKind::LayerNorm,
                     parallel_residual: opt_bool(v, "use_parallel_residual", true)?,
                     tied_embeddings: opt_bool(v, "tie_word_embeddings", false)?,
@@ -250,8 +263,8 @@ impl ModelConfig {
                     intermediate,
                     vocab,
                     rotary_dims: head_dim,
-                    rope_base: rope_f64(v, &["rope_theta"]).unwrap_or(10000.0) as f32,
-                    norm_eps: f64_field(v, "rms_norm_eps").unwrap_or(1e-6) as f32,
+                    rope_base: rope_f64(v, &["rope_theta"])?.unwrap_or(10000.0) as f32,
+                    norm_eps: opt_f64(v, "rms_norm_eps")?.unwrap_or(1e-6) as f32,
                     norm: NormKind::RmsNorm,
                     parallel_residual: false,
                     tied_embeddings: opt_bool(v, "tie_word_embeddings", false)?,
@@ -265,13 +278,13 @@ impl ModelConfig {
                 }
             }
         };
+        cfg.check_bounds()?;
         if cfg.rotary_dims % 2 != 0 {
             return Err(Error::config(
                 "rotary_pct",
                 format!("gives an odd rotary dimension {}", cfg.rotary_dims),
             ));
         }
-        cfg.check_bounds()?;
         Ok(cfg)
     }
 
@@ -289,6 +302,9 @@ impl ModelConfig {
             ("hidden_size", self.hidden, 1 << 17),
             ("num_hidden_layers", self.layers, 1 << 12),
             ("num_attention_heads", self.heads, 1 << 12),
+            // An explicit head_dim is otherwise unchecked: u64::MAX overflowed the q|k|v
+            // width (a panic, or a wrapped size in release builds).
+            ("head_dim", self.head_dim, 1 << 14),
             ("intermediate_size", self.intermediate, 1 << 20),
             ("vocab_size", self.vocab, 1 << 24),
         ] {
@@ -333,7 +349,7 @@ impl ModelConfig {
             ));
         }
         if let HeadKind::Classifier { num_labels } = self.head {
-            if num_labels > 1 << 16 {
+            if num_labels == 0 || num_labels > 1 << 16 {
                 return Err(Error::config(
                     "num_labels",
                     format!("{num_labels} classes is outside 1..=65536"),
@@ -383,8 +399,14 @@ impl ModelConfig {
 }
 
 fn num_labels(v: &Value) -> Result<usize> {
-    if let Some(n) = v.get("num_labels").and_then(Value::as_u64) {
-        return Ok(n as usize);
+    match v.get("num_labels") {
+        None | Some(Value::Null) => {}
+        // Range checked with the other sizes (check_bounds).
+        Some(x) => {
+            return x.as_u64().map(|n| n as usize).ok_or_else(|| {
+                Error::config("num_labels", format!("expected an integer, found {x}"))
+            })
+        }
     }
     match v.get("id2label").and_then(Value::as_object) {
         Some(m) if !m.is_empty() => Ok(m.len()),
@@ -393,15 +415,23 @@ fn num_labels(v: &Value) -> Result<usize> {
     }
 }
 
-/// A rotary setting from `rope_parameters` (transformers >= 5) or the top level (older files).
-fn rope_f64(v: &Value, keys: &[&str]) -> Option<f64> {
+/// A rotary setting from `rope_parameters` (transformers >= 5) or the top level (older
+/// files): the first of `keys` present (and not null) in either; it must be a number.
+fn rope_f64(v: &Value, keys: &[&str]) -> Result<Option<f64>> {
     let nested = v.get("rope_parameters");
-    keys.iter().find_map(|k| {
-        nested
+    for k in keys {
+        let found = nested
             .and_then(|n| n.get(*k))
-            .or_else(|| v.get(*k))
-            .and_then(Value::as_f64)
-    })
+            .filter(|x| !x.is_null())
+            .or_else(|| v.get(*k).filter(|x| !x.is_null()));
+        if let Some(x) = found {
+            return x
+                .as_f64()
+                .map(Some)
+                .ok_or_else(|| Error::config(*k, format!("expected a number, found {x}")));
+        }
+    }
+    Ok(None)
 }
 
 /// Only plain rotary is implemented; scaled variants (linear, yarn, dynamic...) would give

@@ -113,7 +113,9 @@ impl SafetensorsStore {
             .get("weight_map")
             .and_then(|m| m.as_object())
             .ok_or_else(|| Error::format(index, "missing object `weight_map`"))?;
-        let mut shard_names: Vec<String> = Vec::new();
+        // A set: an index naming tens of thousands of distinct shards must not take
+        // quadratic time before the first missing one is reported.
+        let mut shard_names: std::collections::BTreeSet<String> = Default::default();
         let mut expected = HashMap::new();
         for (tensor, file) in map {
             let file = file.as_str().ok_or_else(|| {
@@ -125,12 +127,9 @@ impl SafetensorsStore {
                     format!("shard name `{file}` is not a plain file name"),
                 ));
             }
-            if !shard_names.iter().any(|s| s == file) {
-                shard_names.push(file.to_owned());
-            }
+            shard_names.insert(file.to_owned());
             expected.insert(tensor.clone(), file.to_owned());
         }
-        shard_names.sort();
         let paths: Vec<PathBuf> = shard_names.iter().map(|s| dir.join(s)).collect();
         Self::open_files(&paths, Some((index, expected)))
     }

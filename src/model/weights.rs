@@ -388,7 +388,9 @@ pub fn load_spec(
     cfg: &ModelConfig,
     spec: &ParamSpec,
 ) -> Result<Vec<f32>> {
-    let mut data = Vec::with_capacity(spec.numel());
+    // Every shape is checked before anything is allocated: a config.json larger than its
+    // weights must not reserve the config's size first.
+    let mut tensors = Vec::with_capacity(spec.pieces.len());
     for (name, rows) in &spec.pieces {
         let t = store.get(name)?;
         let expected: Vec<usize> = if spec.cols == 1 {
@@ -406,6 +408,10 @@ pub fn load_spec(
                 ),
             ));
         }
+        tensors.push((name, t));
+    }
+    let mut data = Vec::with_capacity(spec.numel());
+    for (name, t) in tensors {
         let start = data.len();
         t.extend_f32(&mut data);
         check_finite(name, &data[start..])?;

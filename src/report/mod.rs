@@ -1,4 +1,6 @@
-//! The study's analyses from armsrace results: the transforms and fits of its figures
-//! ([`fit`]). The results table, the figures and `armsrace report` build on it (issue 13).
+//! The study's analyses and figures from armsrace results: one tidy table ([`table`]) read
+//! from results directories or a table file, fits ([`fit`]), and figures ([`draw`]).
 
+pub mod draw;
 pub mod fit;
+pub mod table;

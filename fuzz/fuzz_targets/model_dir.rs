@@ -1,0 +1,9 @@
+//! cargo-fuzz target `model_dir`: see tests/fuzz/targets.rs (shared with `cargo test --test fuzz`).
+#![no_main]
+
+#[path = "../../tests/fuzz/targets.rs"]
+mod targets;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    let _ = targets::model_dir(data);
+});
