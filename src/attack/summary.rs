@@ -108,6 +108,22 @@ pub fn crossing(asr: &[f64], x: f64) -> Option<f64> {
     Some((i - 1) as f64 + (x - a0) / (a1 - a0))
 }
 
+/// Attack compute per example to reach ASR `x` as a fraction of pretraining compute: the
+/// iteration at which `asr` crosses `x` ([`crossing`]) times the mean nominal FLOPs of one
+/// example-iteration, over 6·N_gen·D (science.md). None if never reached or pretraining is
+/// unknown. The one definition: run summaries, adv-train evaluations and the report's
+/// table ([`crate::report::table::compute_to_asr`]) all use it.
+pub fn compute_to_asr(
+    asr: &[f64],
+    x: f64,
+    nominal_per_example_iteration: f64,
+    pretraining_flops: Option<f64>,
+) -> Option<f64> {
+    crossing(asr, x)
+        .zip(pretraining_flops)
+        .map(|(i, p)| i * nominal_per_example_iteration / p)
+}
+
 fn level_name(x: f64) -> String {
     format!("{}%", x * 100.0)
 }
@@ -172,8 +188,7 @@ pub fn summarize(
         iterations_to_asr.insert(level_name(x), it);
         compute_to_asr.insert(
             level_name(x),
-            it.zip(info.pretraining_flops)
-                .map(|(i, p)| i * nominal_per / p),
+            self::compute_to_asr(&asr, x, nominal_per, info.pretraining_flops),
         );
     }
     let wall: f64 = units.iter().map(|u| u.0).sum();
