@@ -96,6 +96,33 @@ fn bench(c: &mut Criterion) {
         });
     }
 
+    // A causal LM with a 4-token target string: the loss reads 4 rows of the whole
+    // 50,304-token vocabulary per candidate (nanoGCG's setting, issue 14's CPU case).
+    let cfg = presets::config("pythia-14m", None).expect("preset");
+    let lm = Model::random(cfg, 0, 0.02, Cpu);
+    let v = Victim {
+        model: &lm,
+        tok: None,
+        vocab: &vocab,
+        fast: FastPaths::default(),
+        rows_cap: Default::default(),
+    };
+    let mut subjects = random_subjects(1, vocab_n.min(50277));
+    for s in &mut subjects {
+        let target = vec![11, 12, 13, 14];
+        s.clean_ids.extend_from_slice(&target);
+        s.goal = Goal::Target { ids: target };
+    }
+    report("pythia-14m causal LM, 4-token target", &v, &mut subjects, 3);
+    let mut it = 100;
+    c.bench_function("gcg_iteration/pythia-14m-lm-target/1-example", |b| {
+        b.iter(|| {
+            it += 1;
+            let mut batch: Vec<&mut Subject<Cpu>> = subjects.iter_mut().collect();
+            gcg.step(&v, &mut batch, it).expect("step")
+        })
+    });
+
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_MODEL);
     if !dir.join("config.json").exists() {
         eprintln!(

@@ -130,9 +130,74 @@ fn mellowmax(t: &[f64], alpha: f64) -> f64 {
     (lse_f64(&scaled) - (t.len() as f64).ln()) / alpha
 }
 
+/// log-sum-exp of a row of logits, the hot loop of a causal LM's target loss (one row of
+/// the whole vocabulary per target token and candidate): max, then the sum of
+/// exp(z - max) with [`exp_f32`] in 8 lanes the compiler vectorises, each 256-element
+/// block summed in f32 and the blocks in f64. Within 1e-6 relative of the f64 reference
+/// (`lse_matches_f64_reference`). A NaN anywhere gives NaN, as the plain formula does.
 fn lse(z: &[f32]) -> f64 {
-    let m = z.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
-    m + z.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln()
+    const L: usize = 8;
+    let mut lanes = [f32::NEG_INFINITY; L];
+    let chunks = z.chunks_exact(L);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for i in 0..L {
+            lanes[i] = if c[i] > lanes[i] { c[i] } else { lanes[i] };
+        }
+    }
+    let m = tail
+        .iter()
+        .chain(&lanes)
+        .fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
+    if m == f32::NEG_INFINITY || m == f32::INFINITY {
+        // Every logit -inf (or some +inf): the plain formula's answer, NaN or +-inf.
+        let m = m as f64;
+        return m + z.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln();
+    }
+    let mut total = 0.0f64;
+    for block in z.chunks(256) {
+        let mut acc = [0.0f32; L];
+        let chunks = block.chunks_exact(L);
+        let tail = chunks.remainder();
+        for c in chunks {
+            for i in 0..L {
+                acc[i] += exp_f32(c[i] - m);
+            }
+        }
+        let t: f32 = tail.iter().map(|&x| exp_f32(x - m)).sum();
+        total += (acc.iter().sum::<f32>() + t) as f64;
+    }
+    m as f64 + total.ln()
+}
+
+/// e^x in f32 without a libm call, so loops over it vectorise: x = n ln2 + r with
+/// |r| <= ln2/2, e^r by its degree-6 Taylor polynomial (relative error < 2e-7 there), times
+/// 2^n built in the exponent bits. Inputs below -87.3 give 0 (e^x is subnormal there),
+/// NaN gives NaN. Used for x <= 0 (logits minus their max).
+#[inline(always)]
+fn exp_f32(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    // ln 2 in two parts, so n * LN2_HI is exact for |n| < 2^8.
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    let lo = -87.3f32;
+    let underflow = x < lo;
+    let xc = if underflow { lo } else { x.min(88.0) };
+    let n = (xc * LOG2E).round();
+    let r = xc - n * LN2_HI - n * LN2_LO;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    let y = p * scale;
+    if underflow {
+        0.0
+    } else if x.is_nan() {
+        x
+    } else {
+        y
+    }
 }
 
 fn lse_f64(z: &[f64]) -> f64 {
@@ -165,6 +230,45 @@ mod tests {
         assert!((l - (1.0 + (-2.0f32).exp()).ln() - 2.0).abs() < 1e-5);
         assert!(!s);
         assert!(evaluate(&g, LossKind::CrossEntropy, &[0.0, 1.0], 2).1);
+    }
+
+    #[test]
+    fn lse_matches_f64_reference() {
+        let plain = |z: &[f32]| {
+            let m = z.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+            m + z.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln()
+        };
+        let mut rng = 0x9e3779b97f4a7c15u64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            (rng >> 40) as f32 / (1u64 << 24) as f32
+        };
+        // A vocabulary row (50,304, odd tails), spreads from flat to peaked, and sizes
+        // around the lane and block widths.
+        for (n, spread) in [
+            (50_304, 8.0),
+            (50_304, 40.0),
+            (1, 1.0),
+            (7, 3.0),
+            (257, 100.0),
+        ] {
+            let z: Vec<f32> = (0..n).map(|_| (next() - 0.5) * spread).collect();
+            let (a, b) = (lse(&z), plain(&z));
+            assert!(
+                (a - b).abs() <= 1e-6 * b.abs().max(1.0),
+                "n {n} spread {spread}: {a} vs {b}"
+            );
+        }
+        for x in [-200.0f32, -87.0, -50.0, -10.5, -1.0, -1e-3, 0.0] {
+            let (a, b) = (exp_f32(x) as f64, (x as f64).exp());
+            assert!((a - b).abs() <= 3e-7 * b + 1e-38, "exp({x}): {a} vs {b}");
+        }
+        assert!(lse(&[1.0, f32::NAN, 2.0]).is_nan());
+        // All -inf: NaN, as the plain formula gives.
+        assert!(lse(&[f32::NEG_INFINITY; 3]).is_nan() && plain(&[f32::NEG_INFINITY; 3]).is_nan());
+        assert_eq!(lse(&[0.0, f32::NEG_INFINITY]), 0.0);
     }
 
     #[test]
