@@ -149,7 +149,7 @@ fn lse(z: &[f32]) -> f64 {
         .iter()
         .chain(&lanes)
         .fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a });
-    if m == f32::NEG_INFINITY || m == f32::INFINITY {
+    if m.is_infinite() {
         // Every logit -inf (or some +inf): the plain formula's answer, NaN or +-inf.
         let m = m as f64;
         return m + z.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln();
