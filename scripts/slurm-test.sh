@@ -20,7 +20,8 @@
 #      race on the shared train units) with `sbatch --wait`;
 #   3. requires the two output folders to be equal: every summary.json and results.jsonl
 #      with the wall-time fields removed, and every checkpoint byte for byte.
-# It prints PASS or FAIL on its last line and exits non-zero on failure.
+# It prints PASS or FAIL on its last line and exits non-zero on failure (the temporary
+# folder is kept then, and with SLURM_TEST_KEEP=1).
 set -uo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -57,7 +58,7 @@ if [ "${SLURM_TEST_USE_EXISTING:-0}" != 1 ]; then
             DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null ||
             fail "apt-get install slurm-wlm munge"
     fi
-    echo "slurm $(sinfo --version 2>/dev/null), munge $(munged --version 2>&1 | head -1)"
+    echo "slurm-wlm $(dpkg-query -W -f '${Version}' slurm-wlm 2>/dev/null), $(munged --version 2>&1 | head -1)"
 
     step "munge"
     mkdir -p /etc/munge /var/lib/munge /var/log/munge /run/munge
@@ -243,4 +244,6 @@ for k in differ:
     print(f"differs: {k}")
 sys.exit(0 if a and not only and not differ else 1)
 EOF
-echo "PASS: Slurm array (2 tasks) gave the unsharded sweep's files ($TMP)"
+# Kept on failure for a look; SLURM_TEST_KEEP=1 keeps it on success too.
+[ "${SLURM_TEST_KEEP:-0}" = 1 ] || rm -rf "$TMP"
+echo "PASS: a Slurm array of 2 tasks gave the unsharded sweep's files"

@@ -48,6 +48,8 @@ use std::time::{Duration, Instant};
 pub const MARKER: &str = ".sweep-done";
 /// Appended to a unit's folder for its lock file (`OUT/attack/seed=0.sweep-lock`).
 pub const LOCK_SUFFIX: &str = ".sweep-lock";
+/// The most cells a grid may have (each is at least one run).
+pub const MAX_CELLS: usize = 1 << 20;
 /// Appended to a unit's folder for its log (`OUT/attack/seed=0.log`).
 pub const LOG_SUFFIX: &str = ".log";
 
@@ -350,6 +352,15 @@ impl Grid {
                 name: name.clone(),
                 values,
             });
+        }
+        if axes
+            .iter()
+            .try_fold(1usize, |n, a| n.checked_mul(a.values.len()))
+            .is_none_or(|n| n > MAX_CELLS)
+        {
+            return Err(bad(format!(
+                "`axes`: more than {MAX_CELLS} cells (the product of the axes' lengths)"
+            )));
         }
         if raw.step.is_empty() {
             return Err(bad(
@@ -1183,6 +1194,15 @@ args = ["attack", "--model", "{train.dir}", "--seed", "{seed}", "--out", "{dir}"
         assert!(e.contains("without its `{`"), "{e}");
         let e = err(&format!("{head}[[step]]\nname = \"a\"\nargz = [\"x\"]\n"));
         assert!(e.contains("argz"), "{e}");
+        let big = format!(
+            "out = \"o\"\n[axes]\na = [{}]\nb = [{0}]\nc = [{0}]\n",
+            (0..200)
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let e = err(&format!("{big}{}", step("a", "", "\"x\"")));
+        assert!(e.contains("`axes`: more than"), "{e}");
         let e = err(head);
         assert!(e.contains("no [[step]]"), "{e}");
         let e = err("[[step]]\nname = \"a\"\nargs = [\"x\"]\n");
