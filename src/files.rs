@@ -86,6 +86,19 @@ pub fn lock_dir(dir: &Path) -> Result<Lock> {
 /// run whose directory is replaced as a whole (a training checkpoint), the file lies
 /// beside it.
 pub fn lock(file: &Path, run: &Path) -> Result<Lock> {
+    try_lock(file)?.ok_or_else(|| {
+        Error::input(format!(
+            "{}: another armsrace process is writing this run (it holds {}); wait for it \
+             to finish or choose another --out",
+            run.display(),
+            file.display()
+        ))
+    })
+}
+
+/// Takes the advisory lock file `file` (created if missing), or `None` when another
+/// process holds it (for callers that wait and retry instead of refusing).
+pub fn try_lock(file: &Path) -> Result<Option<Lock>> {
     let f = OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -93,15 +106,24 @@ pub fn lock(file: &Path, run: &Path) -> Result<Lock> {
         .open(file)
         .map_err(|e| Error::io(file, e))?;
     match f.try_lock() {
-        Ok(()) => Ok(Lock { _file: f }),
-        Err(std::fs::TryLockError::WouldBlock) => Err(Error::input(format!(
-            "{}: another armsrace process is writing this run (it holds {}); wait for it \
-             to finish or choose another --out",
-            run.display(),
-            file.display()
-        ))),
+        Ok(()) => Ok(Some(Lock { _file: f })),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
         Err(std::fs::TryLockError::Error(e)) => Err(Error::io(file, e)),
     }
+}
+
+/// `s` for a folder name: every character but [A-Za-z0-9.] as '-' (run folders named by
+/// their settings: `attack`'s default `--out`, `sweep`'s unit folders).
+pub fn slug(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
 }
 
 /// Files up to this size are hashed whole; larger ones by [`SAMPLES`] evenly spaced blocks.

@@ -14,6 +14,7 @@ pub mod interrupt;
 pub mod model;
 pub mod presets;
 pub mod report;
+pub mod sweep;
 pub mod task;
 pub mod tokenize;
 pub mod train;

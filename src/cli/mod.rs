@@ -6,8 +6,10 @@ mod bench;
 mod classify;
 mod device;
 mod inspect;
+mod sweep;
 mod train;
 
+use armsrace::files::slug;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -46,6 +48,9 @@ enum Command {
     AdvTrain(adv_train::Args),
     /// Evaluate an adv-train run: a fixed attack against chosen rounds' checkpoints.
     Eval(adv_train::EvalArgs),
+    /// Run a declarative grid of armsrace runs (GRID.toml): each step's runs once per value
+    /// tuple, resumable, sharded over machines (--shard, Slurm arrays) or local devices.
+    Sweep(sweep::Args),
     /// Throughput of forward, one-hot gradient and candidate scoring at a preset's shapes.
     Bench(bench::Args),
 }
@@ -93,6 +98,7 @@ pub fn run() -> anyhow::Result<()> {
         Command::Train(a) => train::run(a),
         Command::AdvTrain(a) => adv_train::run(a),
         Command::Eval(a) => adv_train::eval(a),
+        Command::Sweep(a) => sweep::run(a),
     }
 }
 
@@ -122,17 +128,4 @@ fn say(bar: &indicatif::ProgressBar, line: String) {
     } else {
         bar.println(line);
     }
-}
-
-/// `s` for a folder name: every character but [A-Za-z0-9.] as '-'.
-fn slug(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '.' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect()
 }
