@@ -6,6 +6,7 @@ mod bench;
 mod classify;
 mod device;
 mod inspect;
+mod report;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -46,6 +47,8 @@ enum Command {
     AdvTrain(adv_train::Args),
     /// Evaluate an adv-train run: a fixed attack against chosen rounds' checkpoints.
     Eval(adv_train::EvalArgs),
+    /// The study's figures and fitted slopes from results folders or a results table.
+    Report(report::Args),
     /// Throughput of forward, one-hot gradient and candidate scoring at a preset's shapes.
     Bench(bench::Args),
 }
@@ -93,6 +96,7 @@ pub fn run() -> anyhow::Result<()> {
         Command::Train(a) => train::run(a),
         Command::AdvTrain(a) => adv_train::run(a),
         Command::Eval(a) => adv_train::eval(a),
+        Command::Report(a) => report::run(a),
     }
 }
 
