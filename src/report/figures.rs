@@ -192,6 +192,11 @@ fn group_runs(rows: &[Row]) -> BTreeMap<String, Vec<Row>> {
     m
 }
 
+/// Plotted points (x, y) and a band (x, low, high).
+type Line = (Vec<(f64, f64)>, Vec<(f64, f64, f64)>);
+/// Final (N, ASR) of each run, by (attack, threat), task and N.
+type BySize = BTreeMap<(String, String), BTreeMap<String, BTreeMap<u64, Vec<(f64, f64)>>>>;
+
 /// (median, min, max); None when empty.
 fn spread(v: &[f64]) -> Option<(f64, f64, f64)> {
     let m = fit::median(v)?;
@@ -202,9 +207,7 @@ fn spread(v: &[f64]) -> Option<(f64, f64, f64)> {
 
 /// Points (median x, median y) and band (median x, min y, max y) of groups of (x, y), in
 /// key order.
-fn aggregate<K: Ord>(
-    groups: &BTreeMap<K, Vec<(f64, f64)>>,
-) -> (Vec<(f64, f64)>, Vec<(f64, f64, f64)>) {
+fn aggregate<K: Ord>(groups: &BTreeMap<K, Vec<(f64, f64)>>) -> Line {
     let mut points = Vec::new();
     let mut band = Vec::new();
     for g in groups.values() {
@@ -454,9 +457,7 @@ pub fn fig2_asr_vs_size(rows: &[Row], _pal: &Palette) -> Built {
             0.0
         }
     };
-    // (attack, threat) -> task -> N -> final (N, ASR) of each run.
-    let mut m: BTreeMap<(String, String), BTreeMap<String, BTreeMap<u64, Vec<(f64, f64)>>>> =
-        BTreeMap::new();
+    let mut m: BySize = BTreeMap::new();
     for r in &runs {
         let last = r.last().expect("a run has rows");
         m.entry((last.attack.clone(), last.threat.clone()))
