@@ -1444,7 +1444,10 @@ pub fn check_config(cfg: &ModelConfig) {
         cfg.kv_heads >= 1 && cfg.heads.is_multiple_of(cfg.kv_heads),
         "kv heads: {c}"
     );
-    assert!(cfg.hidden.is_multiple_of(cfg.heads), "heads divide hidden: {c}");
+    assert!(
+        cfg.hidden.is_multiple_of(cfg.heads),
+        "heads divide hidden: {c}"
+    );
     assert!(
         (1..=1 << 20).contains(&cfg.intermediate),
         "intermediate: {c}"
