@@ -244,6 +244,13 @@ for k in differ:
     print(f"differs: {k}")
 sys.exit(0 if a and not only and not differ else 1)
 EOF
+step "compare the results tables (armsrace report --table-only), byte for byte"
+"$BIN" report --table-only --out "$TMP/local/report" "$TMP/local/out" >/dev/null ||
+    fail "report of $TMP/local/out"
+"$BIN" report --table-only --out "$TMP/slurm/report" "$TMP/slurm/out" >/dev/null ||
+    fail "report of $TMP/slurm/out"
+cmp "$TMP/local/report/table.csv" "$TMP/slurm/report/table.csv" || fail "the tables differ"
+echo "tables equal: $(($(wc -l <"$TMP/local/report/table.csv") - 1)) rows"
 # Kept on failure for a look; SLURM_TEST_KEEP=1 keeps it on success too.
 [ "${SLURM_TEST_KEEP:-0}" = 1 ] || rm -rf "$TMP"
 echo "PASS: a Slurm array of 2 tasks gave the unsharded sweep's files"

@@ -160,6 +160,26 @@ fn assert_same_outputs(a: &Path, b: &Path) {
             b.display()
         );
     }
+    // The results table (`armsrace report --table-only`): byte for byte.
+    let table = |out: &Path| {
+        let report = out.with_extension("report");
+        ok(Command::new(BIN)
+            .args(["report", "--table-only", "--out"])
+            .arg(&report)
+            .arg(out)
+            .output()
+            .unwrap());
+        std::fs::read(report.join("table.csv")).unwrap()
+    };
+    let (ta, tb) = (table(a), table(b));
+    // One row per iteration 0..=3 of each of the 4 attacks, and a header.
+    assert_eq!(String::from_utf8_lossy(&ta).lines().count(), 1 + 4 * 4);
+    assert!(
+        ta == tb,
+        "the tables of {} and {} differ",
+        a.display(),
+        b.display()
+    );
 }
 
 #[test]

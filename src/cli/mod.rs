@@ -6,6 +6,7 @@ mod bench;
 mod classify;
 mod device;
 mod inspect;
+mod report;
 mod sweep;
 mod train;
 
@@ -51,6 +52,8 @@ enum Command {
     /// Run a declarative grid of armsrace runs (GRID.toml): each step's runs once per value
     /// tuple, resumable, sharded over machines (--shard, Slurm arrays) or local devices.
     Sweep(sweep::Args),
+    /// The study's figures and fitted slopes from results folders or a results table.
+    Report(report::Args),
     /// Throughput of forward, one-hot gradient and candidate scoring at a preset's shapes.
     Bench(bench::Args),
 }
@@ -99,6 +102,7 @@ pub fn run() -> anyhow::Result<()> {
         Command::AdvTrain(a) => adv_train::run(a),
         Command::Eval(a) => adv_train::eval(a),
         Command::Sweep(a) => sweep::run(a),
+        Command::Report(a) => report::run(a),
     }
 }
 

@@ -64,6 +64,9 @@ pub struct Panel {
     pub x_scale: Scale,
     pub y_scale: Scale,
     pub series: Vec<Series>,
+    /// Values the y-axis spans at least, whatever the data (ASR panels: 0 and 1); empty:
+    /// the data's range.
+    pub y_include: Vec<f64>,
 }
 
 /// Pixels per panel; panels sit side by side, the figure title (if any) above them.
@@ -107,9 +110,9 @@ const SHADE_TOP: f64 = 0.85;
 /// Points and band points that cannot be plotted (non-finite, or not positive on a Log10
 /// axis) are skipped in the drawing but still written to the CSV (`NaN`, `inf`); a line
 /// breaks where a point is skipped, and a run of a single (or one repeated) point is drawn
-/// as a dot whatever the style. The legend lists the series with labels, in the corner with
-/// the fewest points; a panel with nothing plottable says "no data". Creates `dir` if it
-/// does not exist.
+/// as a dot whatever the style. The legend lists the series with labels (not those whose
+/// label starts with `_`, which the CSV names without it), in the corner with the fewest
+/// points; a panel with nothing plottable says "no data". Creates `dir` if it does not exist.
 pub fn draw(fig: &Figure, dir: &Path) -> Result<()> {
     register_font()?;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
@@ -324,16 +327,34 @@ fn write_csv(fig: &Figure, path: &Path) -> Result<()> {
     for panel in &fig.panels {
         for s in &panel.series {
             for &(x, y) in &s.points {
-                w.write_record([&panel.title, &s.label, &num(x), &num(y), "", ""])
+                w.write_record([&panel.title, csv_label(&s.label), &num(x), &num(y), "", ""])
                     .map_err(csv_err)?;
             }
             for &(x, low, high) in &s.band {
-                w.write_record([&panel.title, &s.label, &num(x), "", &num(low), &num(high)])
-                    .map_err(csv_err)?;
+                w.write_record([
+                    &panel.title,
+                    csv_label(&s.label),
+                    &num(x),
+                    "",
+                    &num(low),
+                    &num(high),
+                ])
+                .map_err(csv_err)?;
             }
         }
     }
     w.flush().map_err(|e| Error::io(path, e))
+}
+
+/// Whether a series label goes in the legend: not empty and not starting with `_`
+/// (matplotlib's convention: `_fit N = 1M` is drawn and written to the CSV, unlisted).
+fn in_legend(label: &str) -> bool {
+    !label.is_empty() && !label.starts_with('_')
+}
+
+/// A series' name in the CSV: its label without a leading `_`.
+fn csv_label(label: &str) -> &str {
+    label.strip_prefix('_').unwrap_or(label)
 }
 
 /// A number for the CSV: shortest text that reads back exactly; exponent form when plain
@@ -746,7 +767,7 @@ fn draw_panel_any<DB: DrawingBackend>(
             .flat_map(|b| [b.1, b.2]);
         p.chain(b)
     });
-    let ya = Axis::new(ys, yv);
+    let ya = Axis::new(ys, yv.chain(panel.y_include.iter().copied()));
     match (xs == Scale::Log10, ys == Scale::Log10) {
         (false, false) => draw_panel(area, panel, &xa, &ya, xa.linear_coord(), ya.linear_coord()),
         (true, false) => draw_panel(area, panel, &xa, &ya, xa.log_coord(), ya.linear_coord()),
@@ -853,7 +874,7 @@ where
             .extend(b.iter().flat_map(|&(bx, lo, hi)| {
                 [(xa.frac(bx), ya.frac(lo)), (xa.frac(bx), ya.frac(hi))]
             }));
-        if s.label.is_empty() || (runs.is_empty() && b.is_empty()) {
+        if !in_legend(&s.label) || (runs.is_empty() && b.is_empty()) {
             continue;
         }
         // An empty series carrying the legend entry: its mark shows the series' style.
@@ -889,7 +910,7 @@ where
     }
 
     let labelled = panel.series.iter().enumerate().any(|(i, s)| {
-        !s.label.is_empty() && (!bands[i].is_empty() || !runs(&s.points, xs, ys).is_empty())
+        in_legend(&s.label) && (!bands[i].is_empty() || !runs(&s.points, xs, ys).is_empty())
     });
     if labelled {
         chart
@@ -991,6 +1012,7 @@ mod tests {
                     y_label: "attack success".into(),
                     x_scale: Scale::Log10,
                     y_scale: Scale::Logit10,
+                    y_include: vec![],
                     series: vec![small, large, fit],
                 },
                 Panel {
@@ -999,6 +1021,7 @@ mod tests {
                     y_label: "loss".into(),
                     x_scale: Scale::Linear,
                     y_scale: Scale::Linear,
+                    y_include: vec![],
                     series: vec![loss],
                 },
             ],
@@ -1115,6 +1138,7 @@ mod tests {
                 y_label: "y".into(),
                 x_scale: Scale::Log10,
                 y_scale: Scale::Logit10,
+                y_include: vec![],
                 series: vec![series("nothing", Some(0.3), Style::Line, vec![])],
             },
             Panel {
@@ -1123,6 +1147,7 @@ mod tests {
                 y_label: String::new(),
                 x_scale: Scale::Log10,
                 y_scale: Scale::Log10,
+                y_include: vec![],
                 series: vec![
                     series("one", Some(2.0), Style::Dashed, vec![(1e15, 1e-3)]),
                     series("", None, Style::Points, vec![(0.0, -1.0)]),
@@ -1134,6 +1159,7 @@ mod tests {
                 y_label: "y".into(),
                 x_scale: Scale::Linear,
                 y_scale: Scale::Logit10,
+                y_include: vec![],
                 series: vec![
                     odd,
                     series("flat", Some(0.5), Style::LinePoints, vec![(5.0, 0.0); 3]),
@@ -1152,6 +1178,7 @@ mod tests {
                 y_label: "y".into(),
                 x_scale: Scale::Linear,
                 y_scale: Scale::Linear,
+                y_include: vec![],
                 series: vec![series(
                     "huge",
                     Some(0.1),
