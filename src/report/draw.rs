@@ -408,7 +408,10 @@ impl Axis {
     /// is a default one for the scale.
     fn new(scale: Scale, values: impl IntoIterator<Item = f64>) -> Axis {
         let (mut mn, mut mx) = (f64::INFINITY, f64::NEG_INFINITY);
+        // Integer data (rounds, iterations) get no ticks between integers.
+        let mut integers = true;
         for v in values.into_iter().filter(|&v| usable(scale, v)) {
+            integers &= v.fract() == 0.0;
             let v = if scale == Scale::Log10 { v.log10() } else { v };
             mn = mn.min(v);
             mx = mx.max(v);
@@ -433,7 +436,8 @@ impl Axis {
             pct_decimals: 2,
         };
         match scale {
-            Scale::Linear => axis.linear_ticks(),
+            // From a span of 2 on (rounds 0-4, not an ASR axis from 0 to 1).
+            Scale::Linear => axis.linear_ticks(integers && mx - mn >= 2.0),
             Scale::Log10 => {
                 axis.lo = 10f64.powf(lo).max(f64::MIN_POSITIVE);
                 axis.hi = 10f64.powf(hi).min(f64::MAX).max(axis.lo * 2.0);
@@ -444,8 +448,14 @@ impl Axis {
         axis
     }
 
-    fn linear_ticks(&mut self) {
+    fn linear_ticks(&mut self, integers: bool) {
         let step = nice_step((self.hi - self.lo) / 6.0);
+        if integers && step < 1.0 {
+            self.step = 1.0;
+            self.ticks = multiples(self.lo, self.hi, 1.0);
+            self.light = vec![];
+            return;
+        }
         self.step = step;
         self.ticks = multiples(self.lo, self.hi, step);
         self.light = multiples(self.lo, self.hi, step / 5.0);
@@ -1255,6 +1265,9 @@ mod tests {
             "{labels:?}"
         );
 
+        let rounds = Axis::new(Scale::Linear, [0.0, 1.0, 2.0, 4.0]);
+        let labels: Vec<String> = rounds.ticks.iter().map(|&v| rounds.label(v)).collect();
+        assert_eq!(labels, ["0", "1", "2", "3", "4"]);
         let lin = Axis::new(Scale::Linear, [0.0, 1.0]);
         let labels: Vec<String> = lin.ticks.iter().map(|&v| lin.label(v)).collect();
         assert_eq!(labels, ["0.0", "0.2", "0.4", "0.6", "0.8", "1.0"]);
