@@ -6,7 +6,7 @@
 //!
 //! | column | meaning |
 //! |---|---|
-//! | `run` | the results directory, relative to the folder given to [`collect`] (`/`-separated) |
+//! | `run` | the results directory, relative to the folder given to [`collect`] (`/`-separated; with several folders given, or one that is a run itself, it starts with that folder's name) |
 //! | `model` | the attacked model: the checkpoint path; for an adv-train evaluation, the run's starting model |
 //! | `family` | `gpt_neox` (Pythia) or `qwen2` (Qwen2.5) |
 //! | `n_params` | N: the classifier's parameter count (the study's: embeddings in, LM head out) |
@@ -143,16 +143,54 @@ fn relative(root: &Path, path: &Path) -> String {
 /// training attacks of its rounds are not evaluations and are left out). Folders are
 /// visited in name order, runs without a summary (unfinished) are skipped, and the result
 /// is sorted by (`run`, `iteration`).
+///
+/// `run` is the results folder relative to the input folder. With several inputs, and for
+/// an input that is itself a run, it starts with the input's folder name, so runs of
+/// different inputs never share a name; two inputs giving the same run name (two folders
+/// of one name) are refused.
 pub fn collect(paths: &[PathBuf]) -> Result<Vec<Row>> {
     let mut rows = Vec::new();
+    let mut names: std::collections::BTreeMap<String, &Path> = Default::default();
     for p in paths {
+        let mut found = Vec::new();
         if p.is_dir() {
-            walk(p, p, &mut rows)?;
+            walk(p, p, &mut found)?;
+            let own = p
+                .canonicalize()
+                .ok()
+                .and_then(|c| c.file_name().map(|f| f.to_string_lossy().into_owned()))
+                .unwrap_or_else(|| "input".into());
+            for r in &mut found {
+                if r.run == "." {
+                    r.run = own.clone();
+                } else if paths.len() > 1 {
+                    r.run = format!("{own}/{}", r.run);
+                }
+            }
         } else if p.exists() {
-            rows.extend(read(p)?);
+            found = read(p)?;
         } else {
             return Err(Error::format(p, "no such results folder or table file"));
         }
+        for r in &found {
+            match names.get(&r.run) {
+                Some(&other) if other != p.as_path() => {
+                    return Err(Error::format(
+                        p,
+                        format!(
+                            "run `{}` is also in {}: give inputs with distinct folder names",
+                            r.run,
+                            other.display()
+                        ),
+                    ))
+                }
+                Some(_) => {}
+                None => {
+                    names.insert(r.run.clone(), p);
+                }
+            }
+        }
+        rows.extend(found);
     }
     rows.sort_by(|a, b| (&a.run, a.iteration).cmp(&(&b.run, b.iteration)));
     Ok(rows)
@@ -393,6 +431,43 @@ mod tests {
         assert!(e.contains("t.csv") && e.contains("line 3"), "{e}");
         let e = read(&dir.path().join("t.txt")).unwrap_err().to_string();
         assert!(e.contains(".csv or .jsonl"), "{e}");
+    }
+
+    #[test]
+    fn runs_of_several_inputs_keep_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let summary = |root: &Path, asr: Vec<f64>| {
+            std::fs::create_dir_all(root).unwrap();
+            let mut s = crate::attack::summary::summarize(
+                Default::default(),
+                AsrKind::Current,
+                &[],
+                &[],
+                0,
+            );
+            s.asr = asr.clone();
+            s.asr_current = asr.clone();
+            s.asr_cumulative = asr;
+            std::fs::write(root.join(CONFIG_FILE), "{}").unwrap();
+            std::fs::write(root.join(SUMMARY_FILE), serde_json::to_vec(&s).unwrap()).unwrap();
+        };
+        let (a, b) = (dir.path().join("a"), dir.path().join("b/run"));
+        summary(&a, vec![0.0, 0.5]);
+        summary(&b, vec![0.0, 0.25, 1.0]);
+        // Each input a run itself: named by its folder, not both ".".
+        let rows = collect(&[a.clone(), b.clone()]).unwrap();
+        let groups = runs(&rows);
+        assert_eq!(groups.len(), 2);
+        assert_eq!((groups[0][0].run.as_str(), groups[0].len()), ("a", 2));
+        assert_eq!((groups[1][0].run.as_str(), groups[1].len()), ("run", 3));
+        // One input: paths below it, unprefixed.
+        let rows = collect(&[dir.path().join("b")]).unwrap();
+        assert_eq!(rows[0].run, "run");
+        // Two inputs of one name: refused.
+        let c = dir.path().join("c/run");
+        summary(&c, vec![0.0]);
+        let e = collect(&[b, c]).unwrap_err().to_string();
+        assert!(e.contains("run `run` is also in"), "{e}");
     }
 
     #[test]
