@@ -85,3 +85,12 @@ impl Error {
         matches!(self, Error::OutOfMemory { .. })
     }
 }
+
+/// The message of a caught panic (`catch_unwind`'s payload): its `String` or `&str`, else
+/// empty.
+pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default()
+}

@@ -22,11 +22,7 @@ const PROBES: &[&str] = &[
 /// unchecked indexing on paths a malformed file reaches) into an error naming the file.
 fn guard<T>(path: &Path, what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|p| {
-        let msg = p
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_default();
+        let msg = crate::error::panic_message(p.as_ref());
         Err(Error::format(
             path,
             format!("the tokenizers crate failed {what} ({msg}); is this tokenizer.json intact?"),

@@ -183,12 +183,7 @@ fn input_for(target: &str, seed: u64, i: u64) -> Vec<u8> {
     v
 }
 
-fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
-    p.downcast_ref::<String>()
-        .cloned()
-        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_default()
-}
+use armsrace::error::panic_message as panic_text;
 
 /// Writes a failing input where cargo fuzz (or a rerun) can take it.
 fn save_finding(target: &str, seed: u64, i: u64, input: &[u8]) -> PathBuf {

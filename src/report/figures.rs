@@ -639,28 +639,18 @@ const FIG5_CAPTION: &str = "Adversarial training: ASR of the training attack aga
 
 /// Figure 5 (see the module documentation).
 pub fn fig5_adv_training(rows: &[Row], pal: &Palette) -> Built {
-    let runs = eval_runs(rows, true);
-    if runs.is_empty() {
-        return Built::skip(
+    adv_figure(
+        rows,
+        pal,
+        true,
+        (
             FIG5,
             FIG5_CAPTION,
-            "no adv-train evaluations with the training attack and threat (rows with a round)",
-        );
-    }
-    let mut notes = Vec::new();
-    let panels = adv_panels(&runs, pal, "Figure 5", &mut notes);
-    Built {
-        name: FIG5,
-        caption: FIG5_CAPTION.into(),
-        figure: Some(Figure {
-            name: FIG5.into(),
-            title: "Figure 5: adversarial training".into(),
-            panels,
-        }),
-        skipped: None,
-        slopes: vec![],
-        notes,
-    }
+            "Figure 5",
+            "Figure 5: adversarial training",
+        ),
+        "no adv-train evaluations with the training attack and threat (rows with a round)",
+    )
 }
 
 const FIG7_CAPTION: &str = "Transfer: ASR of an attack or threat model other than the training \
@@ -668,22 +658,42 @@ const FIG7_CAPTION: &str = "Transfer: ASR of an attack or threat model other tha
 
 /// Figure 7 (see the module documentation).
 pub fn fig7_transfer(rows: &[Row], pal: &Palette) -> Built {
-    let runs = eval_runs(rows, false);
-    if runs.is_empty() {
-        return Built::skip(
+    adv_figure(
+        rows,
+        pal,
+        false,
+        (
             FIG7,
             FIG7_CAPTION,
-            "no adv-train evaluations with an attack or threat other than the training one",
-        );
+            "Figure 7",
+            "Figure 7: transfer to other attacks and threat models",
+        ),
+        "no adv-train evaluations with an attack or threat other than the training one",
+    )
+}
+
+/// Figures 5 and 7: the evaluations whose attack and threat are (`same`) or are not the
+/// training ones, by round and by defense compute; the tuple: file name, caption, the name
+/// notes use, title.
+fn adv_figure(
+    rows: &[Row],
+    pal: &Palette,
+    same: bool,
+    (name, caption, short, title): (&'static str, &str, &str, &str),
+    none: &str,
+) -> Built {
+    let runs = eval_runs(rows, same);
+    if runs.is_empty() {
+        return Built::skip(name, caption, none);
     }
     let mut notes = Vec::new();
-    let panels = adv_panels(&runs, pal, "Figure 7", &mut notes);
+    let panels = adv_panels(&runs, pal, short, &mut notes);
     Built {
-        name: FIG7,
-        caption: FIG7_CAPTION.into(),
+        name,
+        caption: caption.into(),
         figure: Some(Figure {
-            name: FIG7.into(),
-            title: "Figure 7: transfer to other attacks and threat models".into(),
+            name: name.into(),
+            title: title.into(),
             panels,
         }),
         skipped: None,

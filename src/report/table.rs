@@ -337,14 +337,6 @@ pub fn write(rows: &[Row], path: &Path) -> Result<()> {
     crate::files::write_atomic(path, &bytes)
 }
 
-/// [`write`] to a CSV file.
-pub fn write_csv(rows: &[Row], path: &Path) -> Result<()> {
-    if path.extension().and_then(|e| e.to_str()) != Some("csv") {
-        return Err(Error::format(path, "expected a .csv path"));
-    }
-    write(rows, path)
-}
-
 /// The rows of each run, in table order: consecutive rows with the same `run`.
 pub fn runs(rows: &[Row]) -> Vec<&[Row]> {
     rows.chunk_by(|a, b| a.run == b.run).collect()
